@@ -1,0 +1,30 @@
+# lossbench: `make repro` runs the pipeline, `make test` runs the tests.
+# Both create .venv and install the pinned requirements first.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help repro test bench compare docker docker-repro clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
+	touch $@
+
+repro: $(STAMP)  ## run the pipeline (dvc repro): download, platform, train matrix, report
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+test: $(STAMP)  ## run the test suite
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)  ## time the dataloader loop vs the preloaded default, side by side
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro download
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m stages.bench --params params.yaml --data data
+
+clean:  ## remove the virtual environment
+	rm -rf $(VENV)

@@ -1,0 +1,47 @@
+"""The two data paths, bitwise identical by construction (and by test).
+
+``dataloader``: the tutorial's loop, DataLoader over torchvision's MNIST with
+ToTensor, one PIL image at a time. ``preloaded``: the whole training set as one
+uint8 tensor on the device, turned into floats once through a 256-entry table
+built on the CPU. ToTensor divides on the CPU; the same division done on a GPU
+rounds differently for 126 of the 256 byte values, so the table, not a
+``.div(255)`` on the device, is what keeps CUDA runs equal to the baseline.
+"""
+
+import torch
+import torchvision
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+
+def mnist(root, transform=None):
+    """torchvision's MNIST training set from ``root/MNIST/raw`` (never downloads)."""
+    return torchvision.datasets.MNIST(root=root, train=True, download=False, transform=transform)
+
+
+def byte_table(device):
+    """(256,) float32: byte value v -> v / 255 exactly as ToTensor computes it (on the CPU)."""
+    return torch.arange(256, dtype=torch.uint8).float().div(255).to(device)
+
+
+def preload(root, device):
+    """The whole training set as (N, 784) float32 on ``device``, equal to ToTensor's output."""
+    images = mnist(root).data.view(-1, 28 * 28)  # (N, 784) uint8, on the CPU
+    return byte_table(device)[images.to(device).int()]  # (N, 784) float32
+
+
+def preloaded_batches(images, batch_size):
+    """One epoch of (B, 784) batches in dataset order; the last batch may be short."""
+    for i in range(0, images.shape[0], batch_size):
+        yield images[i : i + batch_size]
+
+
+def dataloader_batches(root, batch_size, device):
+    """One epoch exactly as the tutorial's loop builds it."""
+    loader = DataLoader(mnist(root, transforms.ToTensor()), batch_size=batch_size, shuffle=False)
+    for x, _ in loader:  # x: (B, 1, 28, 28)
+        yield x.view(x.shape[0], -1).to(device)  # (B, 784)
+
+
+def steps_per_epoch(n, batch_size):
+    return -(-n // batch_size)

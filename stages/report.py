@@ -1,0 +1,352 @@
+"""Stage `report`: pandas over every run; asserts, then writes what people read.
+
+Asserts, per device, that each loss's trajectory matches the reference's
+within the tolerance (or differs, where that is expected), that the weights
+changed exactly for the losses that should train, that repeats are bitwise
+identical, and that each loss agrees with itself across devices. Writes
+reports/report.md, reports/metrics.json, per-step plot data and PNGs; the
+files are written even when an assertion fails, then the stage exits 1.
+"""
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from stages.config import load_params  # noqa: E402
+from stages.io import atomic_path, read_json, write_json, write_text  # noqa: E402
+from stages.train import PHASES  # noqa: E402
+
+REQUIRE_DEVICES = "LOSSBENCH_REQUIRE_DEVICES"
+STEP_COLUMNS = ["repeat", "epoch", "step", "global_step", "loss", "seconds"]
+
+
+class ReportError(RuntimeError):
+    """A run directory that cannot be read as a finished run."""
+
+
+@dataclass
+class Run:
+    loss: str
+    device: str
+    info: dict
+    steps: pd.DataFrame | None = None  # None when the configuration did not run
+
+    @property
+    def name(self):
+        return f"{self.loss}-{self.device}"
+
+    def losses(self, repeat=1):
+        s = self.steps
+        return s.loc[s["repeat"] == repeat, "loss"].to_numpy()
+
+
+def load_run(run_dir, loss, device):
+    run_dir = Path(run_dir)
+    info = read_json(run_dir / "run.json")
+    if info.get("status") != "ran":
+        return Run(loss, device, info)
+    path = run_dir / "steps.csv"
+    if not path.is_file():
+        raise ReportError(f"{path}: missing, but run.json says the run finished")
+    steps = pd.read_csv(path)
+    if list(steps.columns) != STEP_COLUMNS:
+        raise ReportError(f"{path}: columns {list(steps.columns)}, expected {STEP_COLUMNS}")
+    want = info["steps"] * len(info["repeats"])
+    if len(steps) != want:
+        raise ReportError(f"{path}: {len(steps)} rows, expected {want} "
+                          f"({info['steps']} steps x {len(info['repeats'])} repeats): an interrupted run?")
+    return Run(loss, device, info, steps)
+
+
+def load_runs(runs_dir, losses, devices):
+    return {(l, d): load_run(Path(runs_dir) / f"{l}-{d}", l, d) for d in devices for l in losses}
+
+
+def compare(values, ref, atol, rtol, steps):
+    """Step-by-step |values - ref| against atol + rtol * |ref|."""
+    diff = np.abs(values - ref)
+    bound = atol + rtol * np.abs(ref)
+    bad = np.flatnonzero(diff > bound)
+    i = int(np.argmax(diff))
+    out = {
+        "within": bad.size == 0,
+        "max_abs_diff": float(diff[i]),
+        "max_at_global_step": int(steps["global_step"].iloc[i]),
+        "bitwise_equal_steps": int(np.sum(values == ref)),
+        "steps": int(values.size),
+        "first_violation": None,
+    }
+    if bad.size:
+        j = int(bad[0])
+        row = steps.iloc[j]
+        out["first_violation"] = {
+            "global_step": int(row["global_step"]), "epoch": int(row["epoch"]), "step": int(row["step"]),
+            "loss": float(values[j]), "reference": float(ref[j]),
+            "abs_diff": float(diff[j]), "tolerance": float(bound[j]),
+        }
+    return out
+
+
+def repeat_mismatch(run):
+    """None when every repeat's losses equal repeat 1's bit for bit, else the first difference."""
+    first = run.losses(1)
+    for r in sorted(run.steps["repeat"].unique())[1:]:
+        other = run.losses(r)
+        diff = np.flatnonzero(first != other)
+        if diff.size:
+            j = int(diff[0])
+            return (f"{run.name}: repeat {r} differs from repeat 1 at global step {j + 1}: "
+                    f"{other[j]!r} vs {first[j]!r}")
+    return None
+
+
+def describe(v):
+    f = v["first_violation"]
+    return (f"global step {f['global_step']} (epoch {f['epoch']}, step {f['step']}): "
+            f"loss {f['loss']!r} vs reference {f['reference']!r}, "
+            f"|diff| {f['abs_diff']:.3g} > tolerance {f['tolerance']:.3g}")
+
+
+def step_ms(run):
+    meds = [r["step_seconds"]["median"] * 1e3 for r in run.info["repeats"]]
+    p90s = [r["step_seconds"]["p90"] * 1e3 for r in run.info["repeats"]]
+    totals = [r["total_seconds"] for r in run.info["repeats"]]
+    return {"median_step_ms": float(np.median(meds)), "step_ms_min": float(min(meds)),
+            "step_ms_max": float(max(meds)), "p90_step_ms": float(np.median(p90s)),
+            "total_s": float(np.median(totals))}
+
+
+@dataclass
+class Result:
+    configs: dict = field(default_factory=dict)  # name -> metrics row
+    cross: dict = field(default_factory=dict)  # loss -> cross-device row
+    failures: list = field(default_factory=list)
+    platforms: dict = field(default_factory=dict)  # device -> platform summary
+
+
+def platform_summary(p):
+    gpus = p["cuda"]["gpus"]
+    return {"cpu": p["cpu"], "gpu": ", ".join(gpus) if gpus else None, "torch": p["versions"]["torch"],
+            "cuda": p["cuda"]["runtime"] if p["cuda"]["available"] else None,
+            "python": p["python"], "threads": p["torch_threads"]}
+
+
+def evaluate(params, runs, require_devices=False):
+    """Every assertion, as data: metrics rows and a list of failure messages."""
+    rp, train = params.report, params.train
+    res = Result()
+    for (loss, device), run in runs.items():
+        expected = "reference" if loss == rp.reference else rp.expect.get(loss, "equal")
+        row = {"loss": loss, "device": device, "status": run.info["status"], "expected": expected}
+        res.configs[run.name] = row
+        if run.steps is None:
+            row.update(reason=run.info.get("reason"), passed=not require_devices, verdict="not run")
+            if require_devices:
+                res.failures.append(f"{run.name}: not run and {REQUIRE_DEVICES}=1: {run.info.get('reason')}")
+            continue
+        res.platforms.setdefault(device, platform_summary(run.info["platform"]))
+        row.update(step_ms(run))
+        row["phases_ms"] = {k: v * 1e3 for k, v in run.info["phases"]["median_seconds"].items()}
+        row["weights_changed"] = run.info["weights_changed"]
+        row["steps"] = run.info["steps"]
+        checks = []
+        ref = runs[(rp.reference, device)]
+        if loss != rp.reference:
+            c = compare(run.losses(), ref.losses(), rp.same_device.atol, rp.same_device.rtol, ref.steps)
+            row.update({k: c[k] for k in ("max_abs_diff", "max_at_global_step", "bitwise_equal_steps")})
+            row["verdict"] = "equal" if c["within"] else "differs"
+            if expected == "equal" and not c["within"]:
+                checks.append(f"{run.name}: expected equal to {ref.name}, first broken at {describe(c)}")
+            if expected == "differs" and c["within"]:
+                checks.append(f"{run.name}: expected to differ from {ref.name}, but every step is within "
+                              f"tolerance (max |diff| {c['max_abs_diff']:.3g}): this check cannot fail")
+            row["cost_ratio"] = row["median_step_ms"] / step_ms(ref)["median_step_ms"]
+        else:
+            row.update(verdict="reference", max_abs_diff=0.0, bitwise_equal_steps=run.info["steps"],
+                       cost_ratio=1.0)
+        if run.info["weights_changed"] != run.info["updates_weights"]:
+            checks.append(f"{run.name}: weights {'changed' if run.info['weights_changed'] else 'did not change'}"
+                          f", expected them {'to change' if run.info['updates_weights'] else 'unchanged'}")
+        mismatch = repeat_mismatch(run)
+        row["repeats"] = len(run.info["repeats"])
+        row["repeats_identical"] = mismatch is None
+        if mismatch:
+            checks.append(mismatch)
+        row["passed"] = not checks
+        res.failures += checks
+    for loss in train.losses:
+        ran = [runs[(loss, d)] for d in train.devices if runs[(loss, d)].steps is not None]
+        for other in ran[1:]:
+            base = ran[0]
+            c = compare(other.losses(), base.losses(), rp.cross_device.atol, rp.cross_device.rtol, base.steps)
+            key = f"{loss}:{base.device}-vs-{other.device}"
+            res.cross[key] = {"max_abs_diff": c["max_abs_diff"], "bitwise_equal_steps": c["bitwise_equal_steps"],
+                              "passed": c["within"]}
+            if not c["within"]:
+                res.failures.append(f"{other.name} vs {base.name}: first broken at {describe(c)}")
+    return res
+
+
+def metrics(params, res):
+    return {"passed": not res.failures, "failures": len(res.failures),
+            "tolerance": {"same_device": params.report.same_device.model_dump(),
+                          "cross_device": params.report.cross_device.model_dump()},
+            "platform": res.platforms, "configs": res.configs, "cross_device": res.cross}
+
+
+def plot_tables(runs, reference):
+    """Per device: (losses, |loss - ref|), each a wide table indexed by global_step."""
+    out = {}
+    for device in sorted({d for (_, d), r in runs.items() if r.steps is not None}):
+        ran = {l: r for (l, d), r in runs.items() if d == device and r.steps is not None}
+        steps = ran[reference].steps
+        idx = pd.Index(steps.loc[steps["repeat"] == 1, "global_step"], name="global_step")
+        loss = pd.DataFrame({l: r.losses() for l, r in ran.items()}, index=idx)
+        out[device] = (loss, loss.sub(loss[reference], axis=0).abs())
+    return out
+
+
+def draw(tables, res, params, out):
+    """The report's pictures: loss curves, |diff| on a log scale, step time."""
+    paths = []
+    tol = params.report.same_device
+    for device, (loss, diff) in tables.items():
+        fig, ax = plt.subplots(figsize=(7, 3.8), dpi=80)
+        loss.plot(ax=ax, lw=1)
+        ax.set(title=f"Loss per step ({device})", xlabel="global step", ylabel="loss")
+        paths.append(_save(fig, out / f"loss-{device}.png"))
+        fig, ax = plt.subplots(figsize=(7, 3.8), dpi=80)
+        for name in diff.columns.drop(params.report.reference):
+            # bitwise-equal steps (diff 0) cannot sit on a log axis: left out
+            ax.plot(diff.index, diff[name].where(diff[name] > 0), lw=1, label=name)
+        ax.axhline(tol.atol, color="red", ls="--", lw=1, label=f"tolerance (atol {tol.atol:g})")
+        ax.set_yscale("log")
+        ax.set(title=f"|loss - {params.report.reference}| per step ({device})", xlabel="global step",
+               ylabel="|diff| (zeros not drawn)")
+        ax.legend(fontsize=7)
+        paths.append(_save(fig, out / f"absdiff-{device}.png"))
+    ran = pd.DataFrame([r for r in res.configs.values() if "median_step_ms" in r])
+    if not ran.empty:
+        med = ran.pivot(index="loss", columns="device", values="median_step_ms")
+        lo = med - ran.pivot(index="loss", columns="device", values="step_ms_min")
+        hi = ran.pivot(index="loss", columns="device", values="step_ms_max") - med
+        fig, ax = plt.subplots(figsize=(7, 3.8), dpi=80)
+        med.plot.barh(ax=ax, xerr=np.stack([lo.to_numpy().T, hi.to_numpy().T], axis=1))
+        ax.set(title="Median step time (bars: min-max over repeats)", xlabel="ms per step", ylabel="")
+        paths.append(_save(fig, out / "step-time.png"))
+    return paths
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def fmt(x, spec):
+    return "" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
+
+
+def markdown(params, res, images):
+    rp = params.report
+    rows = pd.DataFrame(res.configs.values())
+    lines = ["# lossbench report", ""]
+    lines.append("**Result: " + ("PASS" if not res.failures else f"FAIL ({len(res.failures)})") + "**")
+    lines.append("")
+    for device, p in res.platforms.items():
+        lines.append(f"- `{device}`: {p['gpu'] or p['cpu']}; torch {p['torch']}"
+                     + (f", CUDA {p['cuda']}" if device == "cuda" else f", {p['threads']} threads")
+                     + f", Python {p['python']}")
+    lines.append("")
+    notrun = rows[rows["status"] != "ran"]
+    if not notrun.empty:
+        lines += ["## Not run", ""]
+        lines += [f"- **{r.loss}-{r.device}**: {r.reason}" for r in notrun.itertuples()]
+        lines.append("")
+    ran = rows[rows["status"] == "ran"].copy()
+    if not ran.empty:
+        lines += ["## Verdicts", "",
+                  f"Against `{rp.reference}` on the same device; a step passes when "
+                  f"|loss - ref| <= {rp.same_device.atol:g} + {rp.same_device.rtol:g} * |ref|.", ""]
+        v = pd.DataFrame({
+            "config": ran["loss"] + "-" + ran["device"], "expected": ran["expected"], "verdict": ran["verdict"],
+            "ok": ran["passed"].map({True: "yes", False: "**NO**"}),
+            "max abs diff": ran["max_abs_diff"].map(lambda x: fmt(x, ".3g")),
+            "bitwise-equal steps": [f"{int(e)} / {int(n)}" for e, n in zip(ran["bitwise_equal_steps"], ran["steps"])],
+            "weights changed": ran["weights_changed"], "repeats identical": ran["repeats_identical"],
+        })
+        lines += [v.to_markdown(index=False), "", "## Cost", "",
+                  "Median step time over repeats (warm-up steps excluded), spread = min-max of the repeats' "
+                  "medians; ratio = median step / reference's median step on that device.", ""]
+        c = pd.DataFrame({
+            "config": ran["loss"] + "-" + ran["device"],
+            "median step (ms)": ran["median_step_ms"].map(lambda x: fmt(x, ".3f")),
+            "spread (ms)": [f"{a:.3f}-{b:.3f}" for a, b in zip(ran["step_ms_min"], ran["step_ms_max"])],
+            "p90 (ms)": ran["p90_step_ms"].map(lambda x: fmt(x, ".3f")),
+            "total (s)": ran["total_s"].map(lambda x: fmt(x, ".2f")),
+            "ratio": ran["cost_ratio"].map(lambda x: fmt(x, ".2f")),
+        })
+        lines += [c.to_markdown(index=False), ""]
+    if res.failures:
+        lines += ["## Failures", ""] + [f"- {f}" for f in res.failures] + [""]
+    lines += ["## Details", ""]
+    if res.cross:
+        lines += ["### Across devices", "",
+                  f"Tolerance: {rp.cross_device.atol:g} + {rp.cross_device.rtol:g} * |ref|.", "",
+                  pd.DataFrame([{"loss pair": k, **v} for k, v in res.cross.items()]).to_markdown(index=False), ""]
+    if not ran.empty:
+        ph = pd.DataFrame([{"config": f"{r['loss']}-{r['device']}",
+                            **{f"{k} (ms)": f"{r['phases_ms'][k]:.3f}" for k in PHASES}}
+                           for r in res.configs.values() if "phases_ms" in r])
+        lines += ["### Where the time goes", "",
+                  f"Median per phase over a separate timing pass of {params.train.profile_steps} steps "
+                  "(CUDA events on CUDA, so a device-to-host copy shows in `loss`).", "",
+                  ph.to_markdown(index=False), ""]
+    if images:
+        lines += ["### Pictures", ""] + [f"![{p.stem}]({p.name})" for p in images] + [""]
+    return "\n".join(lines)
+
+
+def write_plot_data(tables, out):
+    for device, (loss, diff) in tables.items():
+        for kind, df in (("loss", loss), ("absdiff", diff)):
+            with atomic_path(out / "plots" / kind / f"{device}.csv") as tmp:
+                df.to_csv(tmp)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--runs", required=True)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    params = load_params(args.params)
+    try:
+        runs = load_runs(args.runs, params.train.losses, params.train.devices)
+    except (ReportError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"report: {e}")
+    res = evaluate(params, runs, os.environ.get(REQUIRE_DEVICES) == "1")
+    out = Path(args.out)
+    tables = plot_tables(runs, params.report.reference)
+    write_plot_data(tables, out)
+    images = draw(tables, res, params, out)
+    write_json(out / "metrics.json", metrics(params, res))
+    write_text(out / "report.md", markdown(params, res, images))
+    if res.failures:
+        sys.exit("report: FAIL\n  " + "\n  ".join(res.failures))
+    print(f"report: PASS ({out / 'report.md'})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
