@@ -1,0 +1,88 @@
+import gzip
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from stages import download
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MIRROR = ROOT.parent / "shared" / "datasets" / "mnist"
+
+
+def write_idx(raw, n=512, seed=0):
+    """Tiny synthetic MNIST (all four files) in torchvision's raw layout; returns the images."""
+    raw = Path(raw)
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+    for prefix in ("train", "t10k"):
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.tobytes())
+    return images
+
+
+def gzip_dir(raw, dst):
+    """The four files of ``raw`` as ``.gz`` in ``dst`` (a mirror); returns their digests."""
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    digests = {}
+    for name in download.SHA256:
+        data = (Path(raw) / name).read_bytes()
+        (dst / f"{name}.gz").write_bytes(gzip.compress(data))
+        digests[name] = download.hashlib.sha256(data).hexdigest()
+    return digests
+
+
+@pytest.fixture(scope="session")
+def mirror():
+    """The real MNIST mirror: $MNIST_MIRROR, else ../shared/datasets/mnist. Never skipped."""
+    path = Path(os.environ.get("MNIST_MIRROR") or SHARED_MIRROR)
+    assert path.is_dir(), f"MNIST mirror {path} not found: set MNIST_MIRROR to a folder with the four .gz files"
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_mnist(tmp_path_factory, mirror):
+    """Real MNIST, downloaded (and verified) once for the session; the data root."""
+    root = tmp_path_factory.mktemp("real")
+    download.download(root, str(mirror))
+    return root
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    """A data root holding tiny synthetic MNIST."""
+    write_idx(tmp_path / "data" / "MNIST" / "raw")
+    return tmp_path / "data"
+
+
+def small_params(path, **train):
+    """params.yaml from the repo's, with a fast train section; returns its path."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update(epochs=2, batch_size=64, repeats=2, warmup_steps=1, profile_steps=3, devices=["cpu"])
+    params["train"].update(train)
+    Path(path).write_text(yaml.safe_dump(params))
+    return Path(path)
+
+
+@pytest.fixture
+def platform_json(tmp_path):
+    from stages import platform_info
+    from stages.io import write_json
+
+    path = tmp_path / "platform.json"
+    write_json(path, platform_info.collect())
+    return path
+
+
+def copy_tree(src, dst, names):
+    for name in names:
+        target = Path(dst) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(src) / name, target)

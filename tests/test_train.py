@@ -1,0 +1,166 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from stages import data, train
+from stages.config import load_params
+from stages.losses import REGISTRY, register
+from tests.conftest import small_params
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a GPU: the no-GPU path is not testable")
+
+
+def run_main(tmp_path, synthetic, platform_json, loss="numpy_mse", device="cpu", out="run", **train_params):
+    params = small_params(tmp_path / "params.yaml", **train_params)
+    out = tmp_path / out
+    train.main(["--loss", loss, "--device", device, "--params", str(params), "--data", str(synthetic),
+                "--platform", str(platform_json), "--out", str(out)])
+    return out
+
+
+def test_outputs_of_a_run(tmp_path, synthetic, platform_json):
+    out = run_main(tmp_path, synthetic, platform_json)
+    steps = pd.read_csv(out / "steps.csv")
+    assert list(steps.columns) == ["repeat", "epoch", "step", "global_step", "loss", "seconds"]
+    assert len(steps) == 2 * 2 * 8  # repeats x epochs x (512 / 64) steps
+    one = steps[steps["repeat"] == 1]
+    assert one["epoch"].tolist() == [1] * 8 + [2] * 8
+    assert one["step"].tolist() == list(range(1, 9)) * 2
+    assert one["global_step"].tolist() == list(range(1, 17))
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "ran" and run["config"] == "numpy_mse-cpu" and run["steps"] == 16
+    assert run["weights_changed"] and run["weights_start"] != run["weights_end"]
+    assert run["params"]["batch_size"] == 64 and run["platform"]["versions"]["torch"] == torch.__version__
+    assert run["determinism"]["use_deterministic_algorithms"] is True
+    assert run["determinism"]["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert set(run["phases"]["median_seconds"]) == set(train.PHASES)
+    assert len(run["repeats"]) == 2 and run["warmup_steps_excluded"] == 1
+    for r in run["repeats"]:
+        assert 0 < r["step_seconds"]["median"] <= r["step_seconds"]["p90"] < r["total_seconds"]
+
+
+def test_loss_round_trips_float32_exactly(synthetic):
+    params = load_params("params.yaml").train.model_copy(update={"epochs": 1, "batch_size": 64})
+    batches = train.make_batches("preloaded", synthetic, "cpu", 64)
+    losses = []
+    original = REGISTRY["torch_mse"].make
+
+    def recording():
+        fn = original()
+        return lambda a, b: losses.append(fn(a, b)) or losses[-1]
+
+    steps, _ = train.run_once(recording, batches, "cpu", params.epochs, params.lr, params.seed)
+    path = synthetic / "steps.csv"
+    train.write_steps(path, steps)
+    back = torch.tensor(pd.read_csv(path)["loss"].to_numpy()).float()
+    assert torch.equal(back, torch.stack([l.detach() for l in losses]))
+
+
+def test_two_runs_are_bitwise_identical(tmp_path, synthetic, platform_json):
+    a = run_main(tmp_path, synthetic, platform_json, out="a", repeats=1)
+    b = run_main(tmp_path, synthetic, platform_json, out="b", repeats=1)
+    la, lb = (pd.read_csv(p / "steps.csv")["loss"] for p in (a, b))
+    assert la.map(float.hex).tolist() == lb.map(float.hex).tolist()
+
+
+def test_different_seed_changes_the_trajectory(tmp_path, synthetic, platform_json):
+    a = run_main(tmp_path, synthetic, platform_json, out="a", repeats=1)
+    b = run_main(tmp_path, synthetic, platform_json, out="b", repeats=1, seed=1)
+    assert not pd.read_csv(a / "steps.csv")["loss"].equals(pd.read_csv(b / "steps.csv")["loss"])
+
+
+@pytest.fixture
+def exploding():
+    """A loss that turns NaN at its fourth call."""
+    calls = []
+
+    def loss(a, b):
+        calls.append(1)
+        return ((a - b) ** 2).mean() * (float("nan") if len(calls) == 4 else 1.0)
+
+    register("exploding_test_loss")(lambda: loss)
+    yield "exploding_test_loss"
+    del REGISTRY["exploding_test_loss"]
+
+
+def test_nan_loss_stops_and_names_step_and_configuration(tmp_path, synthetic, platform_json, exploding):
+    with pytest.raises(SystemExit, match=r"exploding_test_loss-cpu repeat 1: loss is nan at epoch 1, step 4 "
+                                         r"\(global step 4\)"):
+        run_main(tmp_path, synthetic, platform_json, loss=exploding)
+    assert not (tmp_path / "run" / "steps.csv").exists() and not (tmp_path / "run" / "run.json").exists()
+
+
+def test_interrupted_run_leaves_no_steps_csv(tmp_path, synthetic, platform_json, monkeypatch):
+    out = run_main(tmp_path, synthetic, platform_json)  # a finished run first
+    real = train.run_once
+
+    def interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt  # as Ctrl-C after the first repeat
+
+    monkeypatch.setattr(train, "run_once", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_main(tmp_path, synthetic, platform_json)
+    assert sorted(p.name for p in out.iterdir()) == []  # old results gone, nothing half-written
+
+
+@NO_GPU
+def test_cuda_unavailable_is_recorded_not_fatal(tmp_path, synthetic, platform_json, monkeypatch):
+    monkeypatch.delenv(train.REQUIRE_DEVICES, raising=False)
+    out = run_main(tmp_path, synthetic, platform_json, device="cuda")
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "unavailable" and ("GPU" in run["reason"] or "CUDA" in run["reason"])
+    assert not (out / "steps.csv").exists()
+
+
+@NO_GPU
+def test_cuda_unavailable_is_fatal_when_required(tmp_path, synthetic, platform_json, monkeypatch):
+    monkeypatch.setenv(train.REQUIRE_DEVICES, "1")
+    with pytest.raises(SystemExit, match=r"numpy_mse-cuda: device unavailable and LOSSBENCH_REQUIRE_DEVICES=1"):
+        run_main(tmp_path, synthetic, platform_json, device="cuda")
+
+
+def test_unresolvable_user_loss_is_a_clear_error(tmp_path, synthetic, platform_json):
+    with pytest.raises(SystemExit, match=r"train: loss 'nowhere_pkg:f': cannot import module 'nowhere_pkg'"):
+        run_main(tmp_path, synthetic, platform_json, loss="nowhere_pkg:f")
+
+
+def test_preloaded_equals_dataloader_on_synthetic_data(synthetic):
+    images = data.preload(synthetic, "cpu")
+    pre = list(data.preloaded_batches(images, 100))
+    dl = list(data.dataloader_batches(synthetic, 100, "cpu"))
+    assert [b.shape[0] for b in pre] == [100] * 5 + [12]
+    assert all(torch.equal(a, b) for a, b in zip(pre, dl, strict=True))
+
+
+@pytest.mark.slow
+def test_preloaded_is_bitwise_identical_to_the_tutorial_loop_on_real_mnist(real_mnist):
+    """Every batch of a real epoch, then real training steps, bit for bit."""
+    images = data.preload(real_mnist, "cpu")
+    pre = data.preloaded_batches(images, 256)
+    dl = data.dataloader_batches(real_mnist, 256, "cpu")
+    sizes = []
+    for a, b in zip(pre, dl, strict=True):
+        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+        sizes.append(a.shape[0])
+    assert len(sizes) == 235 and sizes[-1] == 96
+
+    def first(batches, n=40):  # the first n batches of each epoch
+        return lambda: (x for i, x in zip(range(n), batches()))
+
+    make = REGISTRY["numpy_mse"].make
+    a, _ = train.run_once(make, first(train.make_batches("preloaded", real_mnist, "cpu", 256)), "cpu", 2, 1e-3, 0)
+    b, _ = train.run_once(make, first(train.make_batches("dataloader", real_mnist, "cpu", 256)), "cpu", 2, 1e-3, 0)
+    assert np.array_equal(a["loss"].to_numpy(), b["loss"].to_numpy())
+    assert a["loss"].iloc[0] != a["loss"].iloc[-1]
+
+
+def test_byte_table_is_totensors_division():
+    from torchvision import transforms
+    from PIL import Image
+
+    img = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16))
+    assert torch.equal(transforms.ToTensor()(img).flatten(), data.byte_table("cpu"))
