@@ -164,3 +164,11 @@ def test_byte_table_is_totensors_division():
 
     img = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16))
     assert torch.equal(transforms.ToTensor()(img).flatten(), data.byte_table("cpu"))
+
+
+def test_bench_runs_both_paths_and_checks_identity(synthetic, capsys):
+    from stages import bench
+
+    bench.main(["--params", "params.yaml", "--data", str(synthetic)])
+    out = capsys.readouterr().out
+    assert "speed-up:" in out and "losses bitwise identical: True" in out
