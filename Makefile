@@ -28,3 +28,16 @@ bench: $(STAMP)  ## time the dataloader loop vs the preloaded default, side by s
 
 clean:  ## remove the virtual environment
 	rm -rf $(VENV)
+
+compare: $(STAMP)  ## compare reports: make compare A=<rev> [B=<rev>] (B defaults to the workspace)
+	@test -n "$(A)" || { echo "usage: make compare A=<rev> [B=<rev>]" >&2; exit 2; }
+	$(BIN)/python -m stages.compare $(A) $(B)
+
+IMAGE ?= lossbench
+
+docker:  ## build the CUDA image (needs a Docker engine)
+	docker build -t $(IMAGE) .
+
+docker-repro:  ## run the pipeline in the image on all GPUs, results land here
+	docker run --rm --gpus all --user "$$(id -u):$$(id -g)" -e LOSSBENCH_REQUIRE_DEVICES \
+		-v "$(CURDIR)":/workspace $(IMAGE)

@@ -1,0 +1,36 @@
+# lossbench, CUDA-enabled: the PyPI torch wheels carry the CUDA runtime, so a slim
+# Python base is enough; the host supplies the driver through the NVIDIA Container Toolkit.
+#   make docker          # build
+#   make docker-repro    # docker run --rm --gpus all --user "$(id -u):$(id -g)" -v "$PWD":/workspace lossbench
+# Older drivers: --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 (see README).
+ARG BASE_IMAGE=python:3.11.7-slim-bookworm
+FROM ${BASE_IMAGE}
+
+ARG TORCH_INDEX_URL=""
+
+# git: DVC needs it for the bind-mounted repository
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git=1:2.39.5-0+deb12u3 \
+    && rm -rf /var/lib/apt/lists/*
+
+# The same pinned requirements as `make repro`: one source of truth.
+COPY requirements.txt /opt/lossbench/requirements.txt
+RUN pip install --no-cache-dir --disable-pip-version-check \
+        ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
+        -r /opt/lossbench/requirements.txt \
+    && python -c "import sys, torch; torch.backends.cuda.is_built() or sys.exit('build check: torch ' + torch.__version__ + ' was built without CUDA')"
+
+COPY docker/entrypoint.sh docker/gpu_check.py /opt/lossbench/
+
+# Determinism settings every run needs before CUDA initialises; HOME is writable by
+# whatever uid `--user` picks, so git and DVC can keep their config there.
+ENV CUBLAS_WORKSPACE_CONFIG=:4096:8 \
+    PYTHONHASHSEED=0 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/home/lossbench
+RUN mkdir -m 1777 /home/lossbench /workspace
+
+USER 10001:10001
+WORKDIR /workspace
+ENTRYPOINT ["/opt/lossbench/entrypoint.sh"]
+CMD ["dvc", "repro"]

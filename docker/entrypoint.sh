@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# lossbench container entrypoint: make the mounted repository usable, check the GPU, run the command.
+set -euo pipefail
+
+# An unknown uid (docker run --user) may have no writable HOME: git and DVC need one.
+if ! { [ -n "${HOME:-}" ] && [ -d "$HOME" ] && [ -w "$HOME" ]; }; then
+    HOME="$(mktemp -d)"
+    export HOME
+fi
+
+if [ ! -f dvc.yaml ]; then
+    echo "lossbench: no dvc.yaml in $PWD: mount the repository, e.g." >&2
+    echo "  docker run --rm --gpus all --user \"\$(id -u):\$(id -g)\" -v \"\$PWD\":/workspace IMAGE" >&2
+    exit 2
+fi
+
+# The bind-mounted repo belongs to the host user, not necessarily to us: without this,
+# git's "dubious ownership" check stops `dvc repro` and `dvc exp run`.
+if ! git config --global --get-all safe.directory 2>/dev/null | grep -qxF "$PWD"; then
+    git config --global --add safe.directory "$PWD"
+fi
+
+# CUDA configurations requested but no GPU visible: say why and what to type.
+# LOSSBENCH_REQUIRE_DEVICES=1 makes that fatal (exit 3); otherwise they are reported as not run.
+python "$(dirname "$0")/gpu_check.py" || exit $?
+
+exec "$@"

@@ -1,0 +1,119 @@
+"""`make compare` on real commits in a temporary clone."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stages import compare
+from tests.conftest import ROOT
+
+BASE = {
+    "platform": {"cpu": {"cpu": "CPU X", "gpu": None, "torch": "2.14.1", "cuda": None, "python": "3.11", "threads": 2}},
+    "configs": {
+        "torch_mse-cpu": {"loss": "torch_mse", "device": "cpu", "verdict": "reference", "passed": True,
+                          "max_abs_diff": 0.0, "median_step_ms": 5.0},
+        "numpy_mse-cpu": {"loss": "numpy_mse", "device": "cpu", "verdict": "equal", "passed": True,
+                          "max_abs_diff": 3e-6, "median_step_ms": 5.2},
+        "numpy_mse-cuda": {"loss": "numpy_mse", "device": "cuda", "verdict": "not run", "passed": True},
+    },
+}
+
+
+def git(repo, *args):
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A clone of this repository with two extra commits of reports/metrics.json."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    # the code under test is the working tree's, committed or not
+    for name in ("Makefile", "params.yaml", "stages/compare.py", "stages/config.py", "stages/losses.py"):
+        (clone / name).write_text((ROOT / name).read_text())
+    git(clone, "add", "-A")
+    git(clone, "commit", "-qm", "working tree", "--allow-empty")
+    return clone
+
+
+def commit_metrics(repo, metrics, msg):
+    path = repo / "reports" / "metrics.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(metrics))
+    git(repo, "add", "reports/metrics.json")
+    git(repo, "commit", "-qm", msg)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def changed(**updates):
+    m = json.loads(json.dumps(BASE))
+    for name, fields in updates.items():
+        m["configs"][name].update(fields)
+    return m
+
+
+def run_make(repo, a, b=None):
+    cmd = ["make", "-s", "compare", f"A={a}"] + ([f"B={b}"] if b else [])
+    # the clone has no .venv of its own: use the one running these tests, as installed
+    cmd += [f"BIN={Path(sys.executable).parent}", "STAMP="]
+    return subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+
+
+def test_identical_commits_exit_zero(repo):
+    a = commit_metrics(repo, BASE, "a")
+    out = run_make(repo, a, a)
+    assert out.returncode == 0, out.stderr
+    assert "compare: nothing got worse" in out.stdout
+    assert "numpy_mse-cpu" in out.stdout and "numpy_mse-cuda" in out.stdout
+
+
+def test_slower_step_is_reported_and_fails(repo):
+    a = commit_metrics(repo, BASE, "a")
+    b = commit_metrics(repo, changed(**{"numpy_mse-cpu": {"median_step_ms": 10.4}}), "b")
+    out = run_make(repo, a, b)
+    assert out.returncode != 0
+    assert "2.00 (SLOWER beyond 1.5x)" in out.stdout
+    assert "numpy_mse-cpu: median step 5.200 -> 10.400 ms (2.00x > 1.5x)" in out.stderr
+
+
+def test_worse_verdict_fails(repo):
+    a = commit_metrics(repo, BASE, "a")
+    b = commit_metrics(repo, changed(**{"numpy_mse-cpu": {"verdict": "differs", "passed": False,
+                                                           "max_abs_diff": 0.01}}), "b")
+    out = run_make(repo, a, b)
+    assert out.returncode != 0
+    assert "numpy_mse-cpu: verdict got worse: equal (pass) -> differs (FAIL)" in out.stderr
+    assert "| max |diff|" in out.stdout.replace("max \\|diff\\|", "max |diff|")
+
+
+def test_workspace_is_the_default_b(repo):
+    a = commit_metrics(repo, BASE, "a")
+    (repo / "reports" / "metrics.json").write_text(json.dumps(changed(**{"torch_mse-cpu": {"median_step_ms": 2.0}})))
+    out = run_make(repo, a)
+    assert out.returncode == 0 and "B = workspace" in out.stdout and "0.40 (faster beyond 1.5x)" in out.stdout
+
+
+def test_cost_across_platforms_is_labelled_not_failed():
+    other = changed(**{"numpy_mse-cpu": {"median_step_ms": 52.0}})
+    other["platform"]["cpu"]["cpu"] = "CPU Y"
+    tables, problems = compare.diff(BASE, other, 1.5)
+    assert problems == []
+    t = tables["numpy_mse-cpu"]
+    assert t.loc["median step (ms)", "B / A"] == "10.00 (platforms differ: not comparable)"
+    assert t.loc["platform", "B / A"] == "DIFFERENT"
+
+
+def test_unknown_revision_is_a_clear_error(repo):
+    with pytest.raises(compare.CompareError, match=r"reports/metrics.json at revision 'no-such-rev'"):
+        compare.read_metrics("no-such-rev", repo)
+
+
+def test_committed_report_compares_with_itself():
+    """The repository's own committed metrics are readable by compare."""
+    m = compare.read_metrics("HEAD", ROOT)
+    tables, problems = compare.diff(m, m, 1.5)
+    assert problems == [] and "torch_mse-cpu" in tables
