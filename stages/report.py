@@ -228,7 +228,9 @@ def draw(tables, res, params, out):
         for name in diff.columns.drop(params.report.reference):
             # bitwise-equal steps (diff 0) cannot sit on a log axis: left out
             ax.plot(diff.index, diff[name].where(diff[name] > 0), lw=1, label=name)
-        ax.axhline(tol.atol, color="red", ls="--", lw=1, label=f"tolerance (atol {tol.atol:g})")
+        bound = tol.atol + tol.rtol * loss[params.report.reference].abs()
+        ax.plot(bound.index, bound, color="red", ls="--", lw=1,
+                label=f"tolerance ({tol.atol:g} + {tol.rtol:g} * |ref|)")
         ax.set_yscale("log")
         ax.set(title=f"|loss - {params.report.reference}| per step ({device})", xlabel="global step",
                ylabel="|diff| (zeros not drawn)")

@@ -73,11 +73,11 @@ def test_identical_commits_exit_zero(repo):
 
 def test_slower_step_is_reported_and_fails(repo):
     a = commit_metrics(repo, BASE, "a")
-    b = commit_metrics(repo, changed(**{"numpy_mse-cpu": {"median_step_ms": 10.4}}), "b")
+    b = commit_metrics(repo, changed(**{"numpy_mse-cpu": {"median_step_ms": 15.6}}), "b")
     out = run_make(repo, a, b)
     assert out.returncode != 0
-    assert "2.00 (SLOWER beyond 1.5x)" in out.stdout
-    assert "numpy_mse-cpu: median step 5.200 -> 10.400 ms (2.00x > 1.5x)" in out.stderr
+    assert "3.00 (SLOWER beyond 2x)" in out.stdout
+    assert "numpy_mse-cpu: median step 5.200 -> 15.600 ms (3.00x > 2x)" in out.stderr
 
 
 def test_worse_verdict_fails(repo):
@@ -94,7 +94,7 @@ def test_workspace_is_the_default_b(repo):
     a = commit_metrics(repo, BASE, "a")
     (repo / "reports" / "metrics.json").write_text(json.dumps(changed(**{"torch_mse-cpu": {"median_step_ms": 2.0}})))
     out = run_make(repo, a)
-    assert out.returncode == 0 and "B = workspace" in out.stdout and "0.40 (faster beyond 1.5x)" in out.stdout
+    assert out.returncode == 0 and "B = workspace" in out.stdout and "0.40 (faster beyond 2x)" in out.stdout
 
 
 def test_cost_across_platforms_is_labelled_not_failed():
