@@ -20,7 +20,7 @@ RUN pip install --no-cache-dir --disable-pip-version-check \
         -r /opt/lossbench/requirements.txt \
     && python -c "import sys, torch; torch.backends.cuda.is_built() or sys.exit('build check: torch ' + torch.__version__ + ' was built without CUDA')"
 
-COPY docker/entrypoint.sh docker/gpu_check.py /opt/lossbench/
+COPY docker/entrypoint.sh /opt/lossbench/
 
 # Determinism settings every run needs before CUDA initialises; HOME is writable by
 # whatever uid `--user` picks, so git and DVC can keep their config there.

@@ -34,15 +34,3 @@ def seed_everything(seed):
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-
-def cuda_unavailable_reason():
-    """None when CUDA can be used, else why not, in words a user can act on."""
-    if not torch.backends.cuda.is_built():
-        return f"torch {torch.__version__} was built without CUDA (install a CUDA build of torch)"
-    if not torch.cuda.is_available():
-        return (
-            f"torch {torch.__version__} is built with CUDA {torch.version.cuda} but sees no GPU "
-            "(no NVIDIA driver or device on this host; in Docker: pass --gpus all and install "
-            "the NVIDIA Container Toolkit)"
-        )
-    return None

@@ -6,15 +6,13 @@ re-runs training exactly then.
 
 import argparse
 import platform
-import shutil
-import subprocess
 import sys
 
 import numpy as np
 import torch
 import torchvision
 
-from stages import determinism
+from stages import determinism, gpu
 from stages.io import write_json
 
 
@@ -29,20 +27,8 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def nvidia_driver():
-    """The driver version from nvidia-smi, or None where there is none."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return None
-    out = subprocess.run(
-        [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
-        capture_output=True, text=True, check=False,
-    )
-    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-
-
 def collect():
-    reason = determinism.cuda_unavailable_reason()
+    reason = gpu.unavailable_reason()
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if reason is None else []
     return {
         "python": platform.python_version(),
@@ -61,7 +47,7 @@ def collect():
             "unavailable_reason": reason,
             "runtime": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if reason is None else None,
-            "driver": nvidia_driver(),
+            "driver": gpu.driver_version(),
             "gpus": gpus,
         },
         "determinism": determinism.set_determinism(),

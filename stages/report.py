@@ -23,9 +23,9 @@ import pandas as pd  # noqa: E402
 
 from stages.config import load_params  # noqa: E402
 from stages.io import atomic_path, read_json, write_json, write_text  # noqa: E402
+from stages.gpu import REQUIRE_DEVICES  # noqa: E402
 from stages.train import PHASES  # noqa: E402
 
-REQUIRE_DEVICES = "LOSSBENCH_REQUIRE_DEVICES"
 STEP_COLUMNS = ["repeat", "epoch", "step", "global_step", "loss", "seconds"]
 
 

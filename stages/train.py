@@ -19,13 +19,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from stages import data, determinism
+from stages import data, determinism, gpu
 from stages.config import load_params
 from stages.io import atomic_path, read_json, write_json
 from stages.losses import resolve
 from stages.model import AutoEncoder
 
-REQUIRE_DEVICES = "LOSSBENCH_REQUIRE_DEVICES"
+REQUIRE_DEVICES = gpu.REQUIRE_DEVICES
 
 
 class NonFiniteLoss(RuntimeError):
@@ -208,7 +208,7 @@ def main(argv=None):
         "platform": read_json(args.platform),
     }
 
-    reason = determinism.cuda_unavailable_reason() if args.device == "cuda" else None
+    reason = gpu.unavailable_reason() if args.device == "cuda" else None
     if reason is not None:
         write_json(out / "run.json", {**record, "status": "unavailable", "reason": reason})
         if os.environ.get(REQUIRE_DEVICES) == "1":

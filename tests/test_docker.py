@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from dockerfile_parse import DockerfileParser
 
-from stages import determinism
+from stages import determinism, gpu
 from tests.conftest import ROOT
 
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -73,20 +74,28 @@ def test_determinism_environment(dockerfile):
 
 def test_dockerignore_lets_in_what_the_build_copies():
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
-    for f in ("!requirements.txt", "!docker/entrypoint.sh", "!docker/gpu_check.py"):
+    for f in ("!requirements.txt", "!docker/entrypoint.sh"):
         assert f in ignore
+
+
+def write_params(repo, devices):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"]["devices"] = devices
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
 
 
 @pytest.fixture
 def project(tmp_path):
-    """A tiny DVC project standing in for the mounted repository."""
+    """A tiny DVC project with lossbench's params, standing in for the mounted repository."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    (repo / "params.yaml").write_text("train:\n  devices: [cpu, cuda]\n  x: 1\n")
+    write_params(repo, ["cpu", "cuda"])
     (repo / "dvc.yaml").write_text(
-        "stages:\n  hello:\n    cmd: python -c \"print(${train.x})\" > out.txt\n"
-        "    params: [train.x]\n    outs: [out.txt]\n")
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HOME": str(tmp_path / "home")}
+        "stages:\n  hello:\n    cmd: python -c \"print(${train.seed})\" > out.txt\n"
+        "    params: [train.seed]\n    outs: [out.txt]\n")
+    # the real mount holds stages/; here it comes from this checkout
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HOME": str(tmp_path / "home"),
+           "PYTHONPATH": str(ROOT)}
     env.pop("LOSSBENCH_REQUIRE_DEVICES", None)
     (tmp_path / "home").mkdir()
     git = "git -c user.name=t -c user.email=t@t"
@@ -104,9 +113,10 @@ def test_no_gpu_says_why_and_what_to_type_then_runs(project):
     repo, env = project
     out = entry(repo, env, "dvc", "repro")
     assert out.returncode == 0, out.stderr
-    assert "train.devices asks for cuda, but no GPU is visible in this container" in out.stderr
+    assert "train.devices asks for cuda, which cannot run here: torch " in out.stderr and "no GPU is visible" in out.stderr
     assert "--gpus all" in out.stderr and "NVIDIA Container Toolkit" in out.stderr
-    assert (repo / "out.txt").read_text().strip() == "1"
+    assert "will be reported as not run" in out.stderr
+    assert (repo / "out.txt").read_text().strip() == "0"
 
 
 @no_gpu_only
@@ -119,7 +129,7 @@ def test_no_gpu_is_fatal_when_devices_required(project):
 
 def test_cpu_only_params_need_no_gpu(project):
     repo, env = project
-    (repo / "params.yaml").write_text("train:\n  devices: [cpu]\n  x: 1\n")
+    write_params(repo, ["cpu"])
     out = entry(repo, env, "true", LOSSBENCH_REQUIRE_DEVICES="1")
     assert out.returncode == 0 and out.stderr == ""
 
@@ -145,20 +155,23 @@ def test_repository_owned_by_another_uid(project):
     extra = {"LOSSBENCH_REQUIRE_DEVICES": "0"}
     out = entry(repo, env, "dvc", "repro", **extra)
     assert out.returncode == 0, out.stderr
-    out = entry(repo, env, "dvc", "exp", "run", "-S", "train.x=2", **extra)
+    out = entry(repo, env, "dvc", "exp", "run", "-S", "train.seed=2", **extra)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "2" in subprocess.run(["git", "-c", f"safe.directory={repo}", "diff"], cwd=repo, env=env,
                                  capture_output=True, text=True).stdout
 
 
+def test_bad_params_stop_the_entrypoint_with_the_key(project):
+    repo, env = project
+    (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("- cuda", "- tpu"))
+    out = entry(repo, env, "true")
+    assert out.returncode != 0 and "train.devices.1: Input should be 'cpu' or 'cuda'" in out.stderr
+
+
 def test_diagnosis_names_each_cause():
-    sys.path.insert(0, str(ROOT / "docker"))
-    try:
-        import gpu_check
-    finally:
-        sys.path.remove(str(ROOT / "docker"))
-    assert gpu_check.diagnose(True, True, ["/dev/nvidia0"], "580.1") is None
-    assert "built without CUDA" in gpu_check.diagnose(False, False, [], None)
-    assert "no GPU is visible" in gpu_check.diagnose(True, False, [], None)
-    msg = gpu_check.diagnose(True, False, ["/dev/nvidia0"], "470.57")
+    assert gpu.diagnose(True, True, ["/dev/nvidia0"], "580.1") is None
+    assert "built without CUDA" in gpu.diagnose(False, False, [], None)
+    msg = gpu.diagnose(True, False, [], None)
+    assert "no GPU is visible" in msg and "--gpus all" in msg and "NVIDIA Container Toolkit" in msg
+    msg = gpu.diagnose(True, False, ["/dev/nvidia0"], "470.57")
     assert "470.57" in msg and "TORCH_INDEX_URL" in msg

@@ -1,0 +1,75 @@
+"""Can CUDA run here, and if not, why not, in words a user can act on.
+
+Used by the train stage (a cuda run that cannot happen is recorded with this
+reason), the platform stage, and the container entrypoint
+(``python -m stages.gpu``), which warns before the pipeline starts.
+"""
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+import torch
+
+from stages.config import load_params
+
+REQUIRE_DEVICES = "LOSSBENCH_REQUIRE_DEVICES"
+DOCKER_RUN = 'docker run --rm --gpus all --user "$(id -u):$(id -g)" -v "$PWD":/workspace IMAGE'
+
+
+def driver_version():
+    """The NVIDIA driver version from nvidia-smi, or None where there is none."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True, check=False)
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def diagnose(built, available, devices, driver):
+    """None when CUDA can be used, else the cause and what to do."""
+    if available:
+        return None
+    if not built:
+        return (f"torch {torch.__version__} was built without CUDA: install the pinned CUDA build "
+                "(make repro; in Docker: make docker)")
+    if not devices:
+        return (f"torch {torch.__version__} is built with CUDA {torch.version.cuda} but no GPU is visible "
+                "(no /dev/nvidia* devices): on a host, install an NVIDIA GPU and driver; in Docker, pass "
+                f"the GPUs: {DOCKER_RUN} (if docker answers 'could not select device driver', install the "
+                "NVIDIA Container Toolkit and restart docker)")
+    return (f"GPU devices are present ({', '.join(devices)}) but torch {torch.__version__} "
+            f"(CUDA {torch.version.cuda}) cannot use them; driver: {driver or 'unknown'}. The driver is "
+            "probably older than this CUDA build needs: update it, or build the image for it with "
+            "--build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126")
+
+
+def unavailable_reason():
+    """None when CUDA can be used on this host, else why not."""
+    available = torch.cuda.is_available()
+    devices = [] if available else sorted(glob.glob("/dev/nvidia[0-9]*"))
+    return diagnose(torch.backends.cuda.is_built(), available, devices, None if available else driver_version())
+
+
+def main(argv=None):
+    """Entrypoint check: warn (or, with LOSSBENCH_REQUIRE_DEVICES=1, exit 3) when cuda is asked for but absent."""
+    params = load_params(argv[0] if argv else "params.yaml")
+    if "cuda" not in params.train.devices:
+        return 0
+    reason = unavailable_reason()
+    if reason is None:
+        return 0
+    print(f"lossbench: train.devices asks for cuda, which cannot run here: {reason}", file=sys.stderr)
+    if os.environ.get(REQUIRE_DEVICES) == "1":
+        print(f"lossbench: {REQUIRE_DEVICES}=1, stopping.", file=sys.stderr)
+        return 3
+    print(f"lossbench: the cuda configurations will be reported as not run "
+          f"(set {REQUIRE_DEVICES}=1 to make this an error).", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
