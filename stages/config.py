@@ -34,7 +34,7 @@ class Train(Strict):
     loader: Literal["preloaded", "dataloader"]
     repeats: PosInt
     warmup_steps: Annotated[int, Field(ge=0)]
-    profile_steps: Annotated[int, Field(ge=0)]
+    profile_steps: PosInt
 
     @field_validator("losses")
     @classmethod

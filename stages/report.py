@@ -24,9 +24,8 @@ import pandas as pd  # noqa: E402
 from stages.config import load_params  # noqa: E402
 from stages.io import atomic_path, read_json, write_json, write_text  # noqa: E402
 from stages.gpu import REQUIRE_DEVICES  # noqa: E402
-from stages.train import PHASES  # noqa: E402
+from stages.train import PHASES, STEP_COLUMNS  # noqa: E402
 
-STEP_COLUMNS = ["repeat", "epoch", "step", "global_step", "loss", "seconds"]
 
 
 class ReportError(RuntimeError):
@@ -97,7 +96,11 @@ def compare(values, ref, atol, rtol, steps):
 
 
 def repeat_mismatch(run):
-    """None when every repeat's losses equal repeat 1's bit for bit, else the first difference."""
+    """None when every repeat's losses and final weights equal repeat 1's bit for bit, else the first difference."""
+    digests = [r["weights_end"] for r in run.info["repeats"]]
+    for r, d in enumerate(digests[1:], 2):
+        if d != digests[0]:
+            return f"{run.name}: repeat {r} ends with other weights than repeat 1 ({d[:12]} vs {digests[0][:12]})"
     first = run.losses(1)
     for r in sorted(run.steps["repeat"].unique())[1:]:
         other = run.losses(r)

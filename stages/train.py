@@ -100,6 +100,7 @@ class Clock:
 
 
 PHASES = ("forward", "loss", "backward", "step")
+STEP_COLUMNS = ["repeat", "epoch", "step", "global_step", "loss", "seconds"]  # steps.csv
 
 
 def profile_phases(make_loss, batches, device, steps, lr, seed):
@@ -128,7 +129,7 @@ def profile_phases(make_loss, batches, device, steps, lr, seed):
             opt.step()
             m.append(clock.mark())
             times.append(clock.elapsed(m))
-    med = np.median(np.array(times), axis=0) if times else [float("nan")] * len(PHASES)
+    med = np.median(np.array(times), axis=0)  # (len(PHASES),)
     return {"method": clock.method, "steps": steps, "median_seconds": dict(zip(PHASES, map(float, med)))}
 
 
@@ -173,8 +174,7 @@ def train_config(loss, device, train, root, label):
         "repeats": repeats,
         "phases": phases,
     }
-    cols = ["repeat", "epoch", "step", "global_step", "loss", "seconds"]
-    return pd.concat(tables)[cols], run
+    return pd.concat(tables)[STEP_COLUMNS], run
 
 
 def write_steps(path, steps):

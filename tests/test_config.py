@@ -34,6 +34,7 @@ def test_repo_params_load():
     ("train.devices", ["cpu", "tpu"], r"train.devices.1: Input should be 'cpu' or 'cuda' \(got 'tpu'\)"),
     ("train.epochs", 0, r"train.epochs: Input should be greater than 0 \(got 0\)"),
     ("train.batch_size", -1, r"train.batch_size: Input should be greater than 0 \(got -1\)"),
+    ("train.profile_steps", 0, r"train.profile_steps: Input should be greater than 0 \(got 0\)"),
     ("train.lr", 0.0, r"train.lr: Input should be greater than 0 \(got 0.0\)"),
     ("train.lr", "1e-3", r"train.lr: Input should be a valid number \(got '1e-3'\)"),
     ("train.epochs", "2", r"train.epochs: Input should be a valid integer \(got '2'\)"),

@@ -107,6 +107,15 @@ def test_repeats_that_differ_fail_with_the_step(work):
     assert res.configs["module_mse-cpu"]["repeats_identical"] is False
 
 
+def test_repeats_that_end_with_other_weights_fail(work):
+    path = work / "runs" / "numpy_mse-cpu" / "run.json"
+    run = json.loads(path.read_text())
+    run["repeats"][1]["weights_end"] = "0" * 64
+    path.write_text(json.dumps(run))
+    assert evaluate(work).failures == ["numpy_mse-cpu: repeat 2 ends with other weights than repeat 1 "
+                                       f"(000000000000 vs {run['repeats'][0]['weights_end'][:12]})"]
+
+
 def test_cross_device_is_compared_when_both_ran(work):
     for loss in LOSSES:  # pretend the cpu runs were cuda runs, one of them off by a lot
         shutil.rmtree(work / "runs" / f"{loss}-cuda")
