@@ -26,8 +26,9 @@ def byte_table(device):
 
 def preload(root, device):
     """The whole training set as (N, 784) float32 on ``device``, equal to ToTensor's output."""
-    images = mnist(root).data.view(-1, 28 * 28)  # (N, 784) uint8, on the CPU
-    return byte_table(device)[images.to(device).int()]  # (N, 784) float32
+    images = mnist(root).data.view(-1)  # (N * 784,) uint8, on the CPU
+    # index_select with int32 indices: the fastest exact lookup measured (vs fancy indexing)
+    return byte_table(device).index_select(0, images.to(device).int()).view(-1, 28 * 28)  # (N, 784) float32
 
 
 def preloaded_batches(images, batch_size):
