@@ -19,6 +19,11 @@ REQUIRE_DEVICES = "LOSSBENCH_REQUIRE_DEVICES"
 DOCKER_RUN = 'docker run --rm --gpus all --user "$(id -u):$(id -g)" -v "$PWD":/workspace IMAGE'
 
 
+def devices_required():
+    """True when LOSSBENCH_REQUIRE_DEVICES=1: a configuration that cannot run is an error."""
+    return os.environ.get(REQUIRE_DEVICES) == "1"
+
+
 def driver_version():
     """The NVIDIA driver version from nvidia-smi, or None where there is none."""
     smi = shutil.which("nvidia-smi")
@@ -63,7 +68,7 @@ def main(argv=None):
     if reason is None:
         return 0
     print(f"lossbench: train.devices asks for cuda, which cannot run here: {reason}", file=sys.stderr)
-    if os.environ.get(REQUIRE_DEVICES) == "1":
+    if devices_required():
         print(f"lossbench: {REQUIRE_DEVICES}=1, stopping.", file=sys.stderr)
         return 3
     print(f"lossbench: the cuda configurations will be reported as not run "

@@ -9,7 +9,6 @@ files are written even when an assertion fails, then the stage exits 1.
 """
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,8 @@ import pandas as pd  # noqa: E402
 
 from stages.config import load_params  # noqa: E402
 from stages.io import atomic_path, read_json, write_json, write_text  # noqa: E402
-from stages.gpu import REQUIRE_DEVICES  # noqa: E402
+from stages.gpu import REQUIRE_DEVICES, devices_required  # noqa: E402
 from stages.train import PHASES, STEP_COLUMNS  # noqa: E402
-
 
 
 class ReportError(RuntimeError):
@@ -341,7 +339,7 @@ def main(argv=None):
         runs = load_runs(args.runs, params.train.losses, params.train.devices)
     except (ReportError, FileNotFoundError, ValueError) as e:
         sys.exit(f"report: {e}")
-    res = evaluate(params, runs, os.environ.get(REQUIRE_DEVICES) == "1")
+    res = evaluate(params, runs, devices_required())
     out = Path(args.out)
     tables = plot_tables(runs, params.report.reference)
     write_plot_data(tables, out)

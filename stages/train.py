@@ -9,7 +9,6 @@ file, so an interrupted run leaves no steps.csv that looks complete.
 import argparse
 import hashlib
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,9 +23,6 @@ from stages.config import load_params
 from stages.io import atomic_path, read_json, write_json
 from stages.losses import resolve
 from stages.model import AutoEncoder
-
-REQUIRE_DEVICES = gpu.REQUIRE_DEVICES
-
 
 class NonFiniteLoss(RuntimeError):
     pass
@@ -211,8 +207,8 @@ def main(argv=None):
     reason = gpu.unavailable_reason() if args.device == "cuda" else None
     if reason is not None:
         write_json(out / "run.json", {**record, "status": "unavailable", "reason": reason})
-        if os.environ.get(REQUIRE_DEVICES) == "1":
-            sys.exit(f"{label}: device unavailable and {REQUIRE_DEVICES}=1: {reason}")
+        if gpu.devices_required():
+            sys.exit(f"{label}: device unavailable and {gpu.REQUIRE_DEVICES}=1: {reason}")
         print(f"{label}: not run: {reason}", file=sys.stderr)
         return
 

@@ -1,4 +1,5 @@
 import gzip
+import hashlib
 import os
 import shutil
 import struct
@@ -35,7 +36,7 @@ def gzip_dir(raw, dst):
     for name in download.SHA256:
         data = (Path(raw) / name).read_bytes()
         (dst / f"{name}.gz").write_bytes(gzip.compress(data))
-        digests[name] = download.hashlib.sha256(data).hexdigest()
+        digests[name] = hashlib.sha256(data).hexdigest()
     return digests
 
 

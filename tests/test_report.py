@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages import report, train
+from stages import gpu, report, train
 from stages.config import load_params
 from tests.conftest import small_params, write_idx
 
@@ -153,7 +153,7 @@ def run_report(work):
 
 
 def test_main_writes_report_metrics_plots_and_pictures(work, monkeypatch):
-    monkeypatch.delenv(report.REQUIRE_DEVICES, raising=False)
+    monkeypatch.delenv(gpu.REQUIRE_DEVICES, raising=False)
     out = run_report(work)
     md = (out / "report.md").read_text()
     summary = md[: md.index("## Details")]

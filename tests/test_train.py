@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from stages import data, train
+from stages import data, gpu, train
 from stages.config import load_params
 from stages.losses import REGISTRY, register
 from tests.conftest import small_params
@@ -109,7 +109,7 @@ def test_interrupted_run_leaves_no_steps_csv(tmp_path, synthetic, platform_json,
 
 @NO_GPU
 def test_cuda_unavailable_is_recorded_not_fatal(tmp_path, synthetic, platform_json, monkeypatch):
-    monkeypatch.delenv(train.REQUIRE_DEVICES, raising=False)
+    monkeypatch.delenv(gpu.REQUIRE_DEVICES, raising=False)
     out = run_main(tmp_path, synthetic, platform_json, device="cuda")
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "unavailable" and ("GPU" in run["reason"] or "CUDA" in run["reason"])
@@ -118,7 +118,7 @@ def test_cuda_unavailable_is_recorded_not_fatal(tmp_path, synthetic, platform_js
 
 @NO_GPU
 def test_cuda_unavailable_is_fatal_when_required(tmp_path, synthetic, platform_json, monkeypatch):
-    monkeypatch.setenv(train.REQUIRE_DEVICES, "1")
+    monkeypatch.setenv(gpu.REQUIRE_DEVICES, "1")
     with pytest.raises(SystemExit, match=r"numpy_mse-cuda: device unavailable and LOSSBENCH_REQUIRE_DEVICES=1"):
         run_main(tmp_path, synthetic, platform_json, device="cuda")
 
