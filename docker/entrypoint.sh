@@ -22,6 +22,6 @@ fi
 
 # CUDA configurations requested but no GPU visible: say why and what to type.
 # LOSSBENCH_REQUIRE_DEVICES=1 makes that fatal (exit 3); otherwise they are reported as not run.
-python -m stages.gpu || exit $?
+python -m lossbench.gpu || exit $?
 
 exec "$@"

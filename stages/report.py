@@ -1,9 +1,10 @@
 """Stage `report`: pandas over every run; asserts, then writes what people read.
 
-Asserts, per device, that each loss's trajectory matches the reference's
-within the tolerance (or differs, where that is expected), that the weights
-changed exactly for the losses that should train, that repeats are bitwise
-identical, and that each loss agrees with itself across devices. Writes
+Asserts, per device, that each loss matches its own reference (every step's
+loss within the tolerance and every step-1 gradient within its tolerance), or
+differs where that is expected; that the weights changed exactly for the losses
+that should train, that repeats are bitwise identical, and that each loss
+agrees with itself across devices. The final weights are compared per tensor. Writes
 reports/report.md, reports/metrics.json, per-step plot data and PNGs; the
 files are written even when an assertion fails, then the stage exits 1.
 """
@@ -20,13 +21,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from stages.config import load_params  # noqa: E402
-from stages.io import atomic_path, read_json, write_json, write_text  # noqa: E402
-from stages.gpu import REQUIRE_DEVICES, devices_required  # noqa: E402
-from stages.train import PHASES, STEP_COLUMNS  # noqa: E402
+from lossbench import evidence  # noqa: E402
+from lossbench.config import load_params  # noqa: E402
+from lossbench.errors import UserError, run as run_main  # noqa: E402
+from lossbench.io import atomic_path, read_json, write_json, write_text  # noqa: E402
+from lossbench.training import PHASES, STEP_COLUMNS, read_tensors  # noqa: E402
 
 
-class ReportError(RuntimeError):
+class ReportError(UserError):
     """A run directory that cannot be read as a finished run."""
 
 
@@ -36,6 +38,8 @@ class Run:
     device: str
     info: dict
     steps: pd.DataFrame | None = None  # None when the configuration did not run
+    grads: dict | None = None  # step-1 gradient per parameter
+    weights: dict | None = None  # final weights per parameter
 
     @property
     def name(self):
@@ -61,36 +65,11 @@ def load_run(run_dir, loss, device):
     if len(steps) != want:
         raise ReportError(f"{path}: {len(steps)} rows, expected {want} "
                           f"({info['steps']} steps x {len(info['repeats'])} repeats): an interrupted run?")
-    return Run(loss, device, info, steps)
+    return Run(loss, device, info, steps, read_tensors(run_dir / "grads.npz"), read_tensors(run_dir / "weights.npz"))
 
 
 def load_runs(runs_dir, losses, devices):
     return {(l, d): load_run(Path(runs_dir) / f"{l}-{d}", l, d) for d in devices for l in losses}
-
-
-def compare(values, ref, atol, rtol, steps):
-    """Step-by-step |values - ref| against atol + rtol * |ref|."""
-    diff = np.abs(values - ref)
-    bound = atol + rtol * np.abs(ref)
-    bad = np.flatnonzero(diff > bound)
-    i = int(np.argmax(diff))
-    out = {
-        "within": bad.size == 0,
-        "max_abs_diff": float(diff[i]),
-        "max_at_global_step": int(steps["global_step"].iloc[i]),
-        "bitwise_equal_steps": int(np.sum(values == ref)),
-        "steps": int(values.size),
-        "first_violation": None,
-    }
-    if bad.size:
-        j = int(bad[0])
-        row = steps.iloc[j]
-        out["first_violation"] = {
-            "global_step": int(row["global_step"]), "epoch": int(row["epoch"]), "step": int(row["step"]),
-            "loss": float(values[j]), "reference": float(ref[j]),
-            "abs_diff": float(diff[j]), "tolerance": float(bound[j]),
-        }
-    return out
 
 
 def repeat_mismatch(run):
@@ -141,18 +120,19 @@ def platform_summary(p):
             "python": p["python"], "threads": p["torch_threads"]}
 
 
-def evaluate(params, runs, require_devices=False):
+def evaluate(params, runs):
     """Every assertion, as data: metrics rows and a list of failure messages."""
     rp, train = params.report, params.train
+    plan = params.plan()
     res = Result()
     for (loss, device), run in runs.items():
-        expected = "reference" if loss == rp.reference else rp.expect.get(loss, "equal")
-        row = {"loss": loss, "device": device, "status": run.info["status"], "expected": expected}
+        judged = plan[loss]
+        expected = "reference" if judged.reference is None else judged.expect
+        row = {"loss": loss, "device": device, "status": run.info["status"], "expected": expected,
+               "reference": judged.reference}
         res.configs[run.name] = row
         if run.steps is None:
-            row.update(reason=run.info.get("reason"), passed=not require_devices, verdict="not run")
-            if require_devices:
-                res.failures.append(f"{run.name}: not run and {REQUIRE_DEVICES}=1: {run.info.get('reason')}")
+            row.update(reason=run.info.get("reason"), passed=True, verdict="not run")
             continue
         res.platforms.setdefault(device, platform_summary(run.info["platform"]))
         row.update(step_ms(run))
@@ -160,16 +140,24 @@ def evaluate(params, runs, require_devices=False):
         row["weights_changed"] = run.info["weights_changed"]
         row["steps"] = run.info["steps"]
         checks = []
-        ref = runs[(rp.reference, device)]
-        if loss != rp.reference:
-            c = compare(run.losses(), ref.losses(), rp.same_device.atol, rp.same_device.rtol, ref.steps)
+        if judged.reference is not None:
+            ref = runs[(judged.reference, device)]
+            c = evidence.trajectory(run.losses(), ref.losses(), rp.same_device.atol, rp.same_device.rtol, ref.steps)
+            g = evidence.gradients(run.grads, ref.grads, rp.gradient.rtol, c["first_step_within"])
+            w = evidence.weights(run.weights, ref.weights)
             row.update({k: c[k] for k in ("max_abs_diff", "max_at_global_step", "bitwise_equal_steps")})
-            row["verdict"] = "equal" if c["within"] else "differs"
+            row.update(grad_within=g["within"], grad_max_rel_err=g["max_rel_err"], grad_factor=g["factor"],
+                       grad_summary=g["summary"], weights_max_abs_diff=w["max_abs_diff"],
+                       weights_worst_tensor=w["worst_tensor"])
+            row["verdict"] = "equal" if c["within"] and g["within"] else "differs"
+            if expected == "equal" and not g["within"]:
+                checks.append(f"{run.name}: expected equal to {ref.name}, but {g['summary']}")
             if expected == "equal" and not c["within"]:
                 checks.append(f"{run.name}: expected equal to {ref.name}, first broken at {describe(c)}")
-            if expected == "differs" and c["within"]:
+            if expected == "differs" and row["verdict"] == "equal":
                 checks.append(f"{run.name}: expected to differ from {ref.name}, but every step is within "
-                              f"tolerance (max |diff| {c['max_abs_diff']:.3g}): this check cannot fail")
+                              f"tolerance (max |diff| {c['max_abs_diff']:.3g}) and so is every step-1 gradient: "
+                              "this check cannot fail")
             row["cost_ratio"] = row["median_step_ms"] / step_ms(ref)["median_step_ms"]
         else:
             row.update(verdict="reference", max_abs_diff=0.0, bitwise_equal_steps=run.info["steps"],
@@ -188,7 +176,8 @@ def evaluate(params, runs, require_devices=False):
         ran = [runs[(loss, d)] for d in train.devices if runs[(loss, d)].steps is not None]
         for other in ran[1:]:
             base = ran[0]
-            c = compare(other.losses(), base.losses(), rp.cross_device.atol, rp.cross_device.rtol, base.steps)
+            c = evidence.trajectory(other.losses(), base.losses(), rp.cross_device.atol, rp.cross_device.rtol,
+                                    base.steps)
             key = f"{loss}:{base.device}-vs-{other.device}"
             res.cross[key] = {"max_abs_diff": c["max_abs_diff"], "bitwise_equal_steps": c["bitwise_equal_steps"],
                               "passed": c["within"]}
@@ -200,19 +189,24 @@ def evaluate(params, runs, require_devices=False):
 def metrics(params, res):
     return {"passed": not res.failures, "failures": len(res.failures),
             "tolerance": {"same_device": params.report.same_device.model_dump(),
-                          "cross_device": params.report.cross_device.model_dump()},
+                          "cross_device": params.report.cross_device.model_dump(),
+                          "gradient": params.report.gradient.model_dump()},
             "platform": res.platforms, "configs": res.configs, "cross_device": res.cross}
 
 
-def plot_tables(runs, reference):
-    """Per device: (losses, |loss - ref|), each a wide table indexed by global_step."""
+def plot_tables(runs, plan):
+    """Per device: (losses, |loss - its reference|), each a wide table indexed by global_step.
+
+    A reference's own column in the second table is 0: it is compared with nothing.
+    """
     out = {}
     for device in sorted({d for (_, d), r in runs.items() if r.steps is not None}):
         ran = {l: r for (l, d), r in runs.items() if d == device and r.steps is not None}
-        steps = ran[reference].steps
+        steps = next(iter(ran.values())).steps
         idx = pd.Index(steps.loc[steps["repeat"] == 1, "global_step"], name="global_step")
         loss = pd.DataFrame({l: r.losses() for l, r in ran.items()}, index=idx)
-        out[device] = (loss, loss.sub(loss[reference], axis=0).abs())
+        diff = pd.DataFrame({l: (loss[l] - loss[plan[l].reference or l]).abs() for l in loss}, index=idx)
+        out[device] = (loss, diff)
     return out
 
 
@@ -220,20 +214,23 @@ def draw(tables, res, params, out):
     """The report's pictures: loss curves, |diff| on a log scale, step time."""
     paths = []
     tol = params.report.same_device
+    plan = params.plan()
     for device, (loss, diff) in tables.items():
         fig, ax = plt.subplots(figsize=(7, 3.8), dpi=80)
         loss.plot(ax=ax, lw=1)
         ax.set(title=f"Loss per step ({device})", xlabel="global step", ylabel="loss")
         paths.append(_save(fig, out / f"loss-{device}.png"))
         fig, ax = plt.subplots(figsize=(7, 3.8), dpi=80)
-        for name in diff.columns.drop(params.report.reference):
+        candidates = [n for n in diff.columns if plan[n].reference is not None]
+        for name in candidates:
             # bitwise-equal steps (diff 0) cannot sit on a log axis: left out
-            ax.plot(diff.index, diff[name].where(diff[name] > 0), lw=1, label=name)
-        bound = tol.atol + tol.rtol * loss[params.report.reference].abs()
-        ax.plot(bound.index, bound, color="red", ls="--", lw=1,
-                label=f"tolerance ({tol.atol:g} + {tol.rtol:g} * |ref|)")
+            ax.plot(diff.index, diff[name].where(diff[name] > 0), lw=1, label=f"{name} vs {plan[name].reference}")
+        for ref in sorted({plan[n].reference for n in candidates}):
+            bound = tol.atol + tol.rtol * loss[ref].abs()
+            ax.plot(bound.index, bound, color="black", ls="--", lw=1,
+                    label=f"tolerance ({tol.atol:g} + {tol.rtol:g} * |{ref}|)")
         ax.set_yscale("log")
-        ax.set(title=f"|loss - {params.report.reference}| per step ({device})", xlabel="global step",
+        ax.set(title=f"|loss - its reference| per step ({device})", xlabel="global step",
                ylabel="|diff| (zeros not drawn)")
         ax.legend(fontsize=7)
         paths.append(_save(fig, out / f"absdiff-{device}.png"))
@@ -255,6 +252,16 @@ def _save(fig, path):
         fig.savefig(tmp, format="png", metadata={"Software": None})
     plt.close(fig)
     return path
+
+
+def _grad(r):
+    """The step-1 gradient column: the relative error, or the factor when it is one."""
+    if not isinstance(getattr(r, "grad_summary", None), str):
+        return ""
+    factor = r.grad_factor
+    if not r.grad_within and isinstance(factor, float) and not np.isnan(factor):
+        return f"**{factor:.3f}x**"
+    return fmt(r.grad_max_rel_err, ".3g") if r.grad_within else f"**{r.grad_max_rel_err:.3g}**"
 
 
 def fmt(x, spec):
@@ -280,12 +287,17 @@ def markdown(params, res, images):
     ran = rows[rows["status"] == "ran"].copy()
     if not ran.empty:
         lines += ["## Verdicts", "",
-                  f"Against `{rp.reference}` on the same device; a step passes when "
-                  f"|loss - ref| <= {rp.same_device.atol:g} + {rp.same_device.rtol:g} * |ref|.", ""]
+                  "Each loss against its own reference on the same device: `equal` when every step passes "
+                  f"|loss - ref| <= {rp.same_device.atol:g} + {rp.same_device.rtol:g} * |ref| and every "
+                  f"parameter's step-1 gradient passes max |g - g_ref| <= {rp.gradient.rtol:g} * max |g_ref|.", ""]
         v = pd.DataFrame({
-            "config": ran["loss"] + "-" + ran["device"], "expected": ran["expected"], "verdict": ran["verdict"],
+            "config": ran["loss"] + "-" + ran["device"], "reference": ran["reference"].fillna("-"),
+            "expected": ran["expected"], "verdict": ran["verdict"],
             "ok": ran["passed"].map({True: "yes", False: "**NO**"}),
             "max abs diff": ran["max_abs_diff"].map(lambda x: fmt(x, ".3g")),
+            "step-1 grad rel err": [_grad(r) for r in ran.itertuples()],
+            "final weights max abs diff": ran.get("weights_max_abs_diff", pd.Series(dtype=float)).map(
+                lambda x: fmt(x, ".3g")),
             "bitwise-equal steps": [f"{int(e)} / {int(n)}" for e, n in zip(ran["bitwise_equal_steps"], ran["steps"])],
             "weights changed": ran["weights_changed"], "repeats identical": ran["repeats_identical"],
         })
@@ -304,6 +316,14 @@ def markdown(params, res, images):
     if res.failures:
         lines += ["## Failures", ""] + [f"- {f}" for f in res.failures] + [""]
     lines += ["## Details", ""]
+    judged = [r for r in res.configs.values() if r.get("grad_summary")]
+    if judged:
+        lines += ["### Gradients and weights", "",
+                  "Step 1, from the same initial weights and first batch as the reference; final weights "
+                  "after the last step, largest |diff| over every tensor.", ""]
+        lines += [f"- **{r['loss']}-{r['device']}** vs {r['reference']}: {r['grad_summary']}; final weights "
+                  f"max |diff| {r['weights_max_abs_diff']:.3g} (in {r['weights_worst_tensor']})" for r in judged]
+        lines.append("")
     if res.cross:
         lines += ["### Across devices", "",
                   f"Tolerance: {rp.cross_device.atol:g} + {rp.cross_device.rtol:g} * |ref|.", "",
@@ -334,14 +354,18 @@ def main(argv=None):
     p.add_argument("--runs", required=True)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    params = load_params(args.params)
+    run_main(lambda: report(args.params, args.runs, args.out), "report")
+
+
+def report(params_path, runs_dir, out):
+    params = load_params(params_path)
     try:
-        runs = load_runs(args.runs, params.train.losses, params.train.devices)
-    except (ReportError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"report: {e}")
-    res = evaluate(params, runs, devices_required())
-    out = Path(args.out)
-    tables = plot_tables(runs, params.report.reference)
+        runs = load_runs(runs_dir, params.train.losses, params.train.devices)
+    except (FileNotFoundError, ValueError) as e:
+        raise ReportError(str(e)) from e
+    res = evaluate(params, runs)
+    out = Path(out)
+    tables = plot_tables(runs, params.plan())
     write_plot_data(tables, out)
     images = draw(tables, res, params, out)
     write_json(out / "metrics.json", metrics(params, res))

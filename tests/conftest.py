@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from stages import download
+from lossbench import download
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MIRROR = ROOT.parent / "shared" / "datasets" / "mnist"
@@ -74,8 +74,8 @@ def small_params(path, **train):
 
 @pytest.fixture
 def platform_json(tmp_path):
-    from stages import platform_info
-    from stages.io import write_json
+    from lossbench import platform_info
+    from lossbench.io import write_json
 
     path = tmp_path / "platform.json"
     write_json(path, platform_info.collect())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stages import compare
+from lossbench import compare
 from tests.conftest import ROOT
 
 BASE = {

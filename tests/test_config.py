@@ -3,7 +3,7 @@ import copy
 import pytest
 import yaml
 
-from stages.config import ParamsError, load_params, parse_params
+from lossbench.config import ParamsError, load_params, parse_params
 from tests.conftest import ROOT
 
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())

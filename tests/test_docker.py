@@ -11,7 +11,7 @@ import torch
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from stages import determinism, gpu
+from lossbench import determinism, gpu
 from tests.conftest import ROOT
 
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stages import download
+from lossbench import download
 from tests.conftest import gzip_dir, write_idx
 
 
@@ -46,7 +46,7 @@ def test_real_mnist_over_http_loopback(tmp_path, http_mirror):
 
 
 def test_torchvision_loads_what_was_downloaded(real_mnist):
-    from stages.data import mnist
+    from lossbench.data import mnist
 
     ds = mnist(real_mnist)
     assert len(ds) == 60000 and ds.data.shape == (60000, 28, 28)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from stages import losses
+from lossbench import losses
 
 CANDIDATES = ["functional_mse", "module_mse", "numpy_mse", "numpy_detached"]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stages.config import load_params
+from lossbench.config import load_params
 from tests.conftest import ROOT, copy_tree
 
 pytestmark = pytest.mark.slow

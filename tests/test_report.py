@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages import gpu, report, train
-from stages.config import load_params
+from lossbench import gpu, report, train
+from lossbench.config import load_params
 from tests.conftest import small_params, write_idx
 
 LOSSES = ["torch_mse", "functional_mse", "module_mse", "numpy_mse", "numpy_detached"]
@@ -16,8 +16,8 @@ LOSSES = ["torch_mse", "functional_mse", "module_mse", "numpy_mse", "numpy_detac
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory):
     """Real runs of every loss on tiny synthetic data, plus an unavailable cuda run per loss."""
-    from stages import platform_info
-    from stages.io import write_json
+    from lossbench import platform_info
+    from lossbench.io import write_json
 
     tmp = tmp_path_factory.mktemp("runs")
     write_idx(tmp / "data" / "MNIST" / "raw")

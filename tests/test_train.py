@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from stages import data, gpu, train
-from stages.config import load_params
-from stages.losses import REGISTRY, register
+from lossbench import data, gpu, train
+from lossbench.config import load_params
+from lossbench.losses import REGISTRY, register
 from tests.conftest import small_params
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a GPU: the no-GPU path is not testable")
@@ -167,7 +167,7 @@ def test_byte_table_is_totensors_division():
 
 
 def test_bench_runs_both_paths_and_checks_identity(synthetic, capsys):
-    from stages import bench
+    from lossbench import bench
 
     bench.main(["--params", "params.yaml", "--data", str(synthetic)])
     out = capsys.readouterr().out

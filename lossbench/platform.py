@@ -1,19 +1,17 @@
-"""Stage `platform`: what this host is, so results never mix hosts silently.
+"""What this host is, so results never mix hosts silently.
 
-The file holds no timestamp: it changes only when the platform does, and DVC
-re-runs training exactly then.
+Recorded with every configuration (the check stage writes it into each
+configuration's check file). It holds no timestamp: it changes only when the
+platform does, and DVC re-runs training exactly then.
 """
 
-import argparse
+import importlib.metadata
 import platform
-import sys
 
 import numpy as np
 import torch
-import torchvision
 
-from stages import determinism, gpu
-from stages.io import write_json
+from lossbench import gpu
 
 
 def cpu_model():
@@ -28,6 +26,7 @@ def cpu_model():
 
 
 def collect():
+    """The host: versions, CPU, GPUs and driver. (Determinism flags are recorded by each run.)"""
     reason = gpu.unavailable_reason()
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if reason is None else []
     return {
@@ -38,7 +37,7 @@ def collect():
         "torch_threads": torch.get_num_threads(),
         "versions": {
             "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
+            "torchvision": importlib.metadata.version("torchvision"),  # importing it costs ~2 s
             "numpy": np.__version__,
         },
         "cuda": {
@@ -50,19 +49,5 @@ def collect():
             "driver": gpu.driver_version(),
             "gpus": gpus,
         },
-        "determinism": determinism.set_determinism(),
     }
 
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", required=True, help="where to write platform.json")
-    args = p.parse_args(argv)
-    info = collect()
-    write_json(args.out, info)
-    print(f"platform: {info['cpu']}, torch {info['versions']['torch']}, "
-          f"cuda {'available' if info['cuda']['available'] else 'not available'}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()

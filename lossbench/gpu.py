@@ -1,8 +1,8 @@
 """Can CUDA run here, and if not, why not, in words a user can act on.
 
-Used by the train stage (a cuda run that cannot happen is recorded with this
-reason), the platform stage, and the container entrypoint
-(``python -m stages.gpu``), which warns before the pipeline starts.
+Used by the check stage (a cuda configuration that cannot run is recorded with
+this reason), and the container entrypoint (``python -m lossbench.gpu``), which
+warns before the pipeline starts.
 """
 
 import glob
@@ -13,7 +13,8 @@ import sys
 
 import torch
 
-from stages.config import load_params
+from lossbench.config import load_params
+from lossbench.errors import run
 
 REQUIRE_DEVICES = "LOSSBENCH_REQUIRE_DEVICES"
 DOCKER_RUN = 'docker run --rm --gpus all --user "$(id -u):$(id -g)" -v "$PWD":/workspace IMAGE'
@@ -59,6 +60,11 @@ def unavailable_reason():
     return diagnose(torch.backends.cuda.is_built(), available, devices, None if available else driver_version())
 
 
+def reason_for(device, platform):
+    """None when ``device`` can run on the host ``platform`` describes, else why not."""
+    return None if device == "cpu" else platform["cuda"]["unavailable_reason"]
+
+
 def main(argv=None):
     """Entrypoint check: warn (or, with LOSSBENCH_REQUIRE_DEVICES=1, exit 3) when cuda is asked for but absent."""
     params = load_params(argv[0] if argv else "params.yaml")
@@ -77,4 +83,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run(lambda: main(sys.argv[1:]), "lossbench"))

@@ -12,20 +12,20 @@ import time
 
 import numpy as np
 
-from stages import determinism, train
-from stages.config import load_params
-from stages.losses import resolve
+from lossbench import determinism, training
+from lossbench.config import load_params
+from lossbench.losses import resolve
 
 
 def time_loader(loader, spec, root, device, p):
     t0 = time.perf_counter()
-    batches = train.make_batches(loader, root, device, p.batch_size)
-    steps, _ = train.run_once(spec.make, batches, device, p.epochs, p.lr, p.seed, loader)
+    batches = training.make_batches(loader, root, device, p.batch_size)
+    steps, _ = training.run_once(spec.make, batches, device, p.epochs, p.lr, p.seed, loader)
     return time.perf_counter() - t0, steps["loss"].to_numpy()
 
 
 def bench(params, root, device, loss, rounds):
-    spec = resolve(loss)
+    spec = resolve(loss, loss, {})
     times = {"dataloader": [], "preloaded": []}
     losses = {}
     for r in range(rounds):

@@ -3,7 +3,9 @@
 Reads ``reports/metrics.json`` as committed at A and at B (default: the
 workspace) and prints one table per configuration: verdicts, max |diff|,
 median step time and its B/A ratio, and the platform on each side. Exits 1
-when a verdict got worse, or when a configuration got slower by more than
+when B's report fails at all (the overall ``passed`` flag false: a verdict
+that got worse, a configuration new at B that fails), when a configuration's
+reference changed, or when a configuration got slower by more than
 ``compare.cost_factor`` on the same platform. A cost ratio across different
 platforms is printed and labelled, never used to fail.
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.config import load_params
+from lossbench.config import load_params
 
 METRICS = "reports/metrics.json"
 
@@ -65,11 +67,21 @@ def diff(a, b, factor):
                 note = f"faster beyond {factor:g}x"
         if ca.get("passed") is True and cb.get("passed") is False:
             problems.append(f"{name}: verdict got worse: {ca.get('verdict')} (pass) -> {cb.get('verdict')} (FAIL)")
+        if not ca and cb.get("passed") is False:
+            problems.append(f"{name}: new at B, and it fails: {cb.get('verdict')}, expected {cb.get('expected')}")
+        if "reference" in ca and "reference" in cb and ca["reference"] != cb["reference"]:  # older reports lack it
+            problems.append(f"{name}: reference changed: {ca.get('reference')} -> {cb.get('reference')} "
+                            "(its verdicts are not comparable)")
         tables[name] = pd.DataFrame(
             {"A": [_verdict(ca), _num(ca.get("max_abs_diff"), ".3g"), _num(ta, ".3f"), pa or "-"],
              "B": [_verdict(cb), _num(cb.get("max_abs_diff"), ".3g"), _num(tb, ".3f"), pb or "-"],
              "B / A": ["", "", _num(ratio, ".2f") + (f" ({note})" if note else ""), "same" if same else "DIFFERENT"]},
             index=["verdict", "max |diff|", "median step (ms)", "platform"])
+        tables[name].loc["reference"] = [ca.get("reference") or "-", cb.get("reference") or "-",
+                                         "same" if ca.get("reference") == cb.get("reference") else "CHANGED"]
+    if b.get("passed") is False:
+        was = "passed at A" if a.get("passed") else "failed at A too"
+        problems.append(f"B's report fails (passed: false, {b.get('failures')} failure(s); {was})")
     return tables, problems
 
 

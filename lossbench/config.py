@@ -1,0 +1,184 @@
+"""params.yaml, validated on load into typed records.
+
+Read as DVC reads it (ruamel.yaml, YAML 1.2), so ``lr: 1e-3`` is the float a
+user means, to DVC and to us alike. Unknown keys, missing keys, wrong types and
+out-of-range values fail with the file, the dotted key, the value and what was
+expected.
+"""
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from lossbench.errors import UserError
+from lossbench.losses import REGISTRY, USER_LOSS
+
+Device = Literal["cpu", "cuda"]
+Expectation = Literal["equal", "differs"]
+PosInt = Annotated[int, Field(gt=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+FN_HELP = "a registered loss or 'package.module:attr'"
+
+
+class Strict(BaseModel):
+    # strict: a YAML string is never silently a number; extra: typos are errors
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _fn(v):
+    if v in REGISTRY or USER_LOSS.match(v):
+        return v
+    raise ValueError(f"unknown loss {v!r}: expected {FN_HELP}; registered: {sorted(REGISTRY)}")
+
+
+def _unique(v):
+    dupes = sorted({x for x in v if v.count(x) > 1})
+    if dupes:
+        raise ValueError(f"duplicate entries {dupes}")
+    return v
+
+
+class Train(Strict):
+    seed: Annotated[int, Field(ge=0)]
+    epochs: PosInt
+    batch_size: PosInt
+    lr: PosFloat
+    losses: Annotated[list[str], Field(min_length=1)]
+    devices: Annotated[list[Device], Field(min_length=1)]
+    loader: Literal["preloaded", "dataloader"]
+    repeats: PosInt
+    warmup_steps: Annotated[int, Field(ge=0)]
+    profile_steps: PosInt
+
+    @field_validator("losses", "devices")
+    @classmethod
+    def _no_duplicates(cls, v):
+        return _unique(v)
+
+
+class LossDef(Strict):
+    """One entry of the ``losses`` section: what to call, with which args, judged against what."""
+
+    fn: str
+    args: dict[str, Any] = {}
+    reference: str | None = None  # default: report.reference (or none, if other losses name this one)
+    expect: Expectation | None = None  # default: the registered loss's, else equal
+
+    @field_validator("fn")
+    @classmethod
+    def _known_fn(cls, v):
+        return _fn(v)
+
+
+class Tolerance(Strict):
+    # a step passes when |loss - ref| <= atol + rtol * |ref|
+    atol: NonNegFloat
+    rtol: NonNegFloat
+
+
+class Gradient(Strict):
+    # a parameter's step-1 gradient passes when max |g - g_ref| <= rtol * max |g_ref|
+    rtol: NonNegFloat
+
+
+class Report(Strict):
+    reference: str
+    same_device: Tolerance
+    cross_device: Tolerance
+    gradient: Gradient
+
+
+class Compare(Strict):
+    # B/A median step time beyond this factor (either way) counts as a cost change
+    cost_factor: Annotated[float, Field(gt=1)]
+
+
+class Judged(BaseModel):
+    """How the report judges one loss: against which reference, expecting what."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    fn: str
+    args: dict
+    reference: str | None  # None: this loss is a reference, compared with nothing
+    expect: Expectation
+    updates_weights: bool
+
+
+class Params(Strict):
+    train: Train
+    losses: dict[str, LossDef]
+    report: Report
+    compare: Compare
+
+    @field_validator("losses")
+    @classmethod
+    def _names(cls, v):
+        for name in v:
+            if name in REGISTRY:
+                raise ValueError(f"{name!r} is a registered loss: give your definition another name")
+            if not USER_LOSS.match(f"x:{name}"):
+                raise ValueError(f"{name!r}: a name is letters, digits and '_', starting with a letter")
+        return v
+
+    @model_validator(mode="after")
+    def _every_loss_resolves(self):
+        for name in self.train.losses:
+            if name not in self.losses and name not in REGISTRY and not USER_LOSS.match(name):
+                raise ValueError(f"train.losses: unknown loss {name!r}: expected {FN_HELP}, or a name "
+                                 f"defined under `losses:` (defined: {sorted(self.losses)})")
+        for name, j in self.plan().items():
+            if j.reference is not None and j.reference not in self.train.losses:
+                own = name in self.losses and self.losses[name].reference
+                why = f"losses.{name}.reference" if own else "report.reference"
+                raise ValueError(f"train.losses: {name!r} is compared with {j.reference!r} ({why}), which is "
+                                 f"not in train.losses {self.train.losses}: add it")
+        return self
+
+    def plan(self):
+        """Every loss of the run, judged: its fn, args, reference and expectation."""
+        defs = {n: self.losses.get(n) or LossDef(fn=n) for n in self.train.losses}
+        referenced = {d.reference for d in defs.values() if d.reference}
+        out = {}
+        for name, d in defs.items():
+            reg = REGISTRY.get(d.fn)
+            ref = d.reference
+            if ref is None and name not in referenced and name != self.report.reference:
+                ref = self.report.reference
+            out[name] = Judged(name=name, fn=d.fn, args=d.args, reference=ref if ref != name else None,
+                               expect=d.expect or (reg.expect if reg else "equal"),
+                               updates_weights=reg.updates_weights if reg else True)
+        return out
+
+
+class ParamsError(UserError):
+    pass
+
+
+def parse_params(data, source="params.yaml"):
+    """Validate a params mapping; raise ParamsError naming every bad key."""
+    try:
+        return Params.model_validate(data)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            got = "" if err["type"] == "missing" or not err["loc"] else f" (got {err['input']!r})"
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(f"{key}: {msg}{got}" if err["loc"] else msg)
+        raise ParamsError(f"{source}: " + "; ".join(parts)) from None
+
+
+def load_params(path="params.yaml"):
+    path = Path(path)
+    try:
+        data = YAML(typ="safe").load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    return parse_params(data, source=str(path))

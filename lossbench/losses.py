@@ -1,0 +1,183 @@
+"""The losses: shipped references, shipped candidates, and a user's own.
+
+A loss is named in ``train.losses`` by one of:
+- a registered name (below): ``torch_mse``, ``numpy_mse``, ...;
+- a name defined in the ``losses`` section of params.yaml:
+  ``{fn: <registered name or package.module:attr>, args: {...}, reference: ..., expect: ...}``;
+- ``package.module:attr`` directly (a function, an ``nn.Module`` subclass or a
+  ``torch.autograd.Function`` subclass), compared with ``report.reference``.
+
+Every loss is a callable ``loss(input, target) -> scalar tensor``; ``args`` are
+passed to the factory (a class's constructor, a registered factory's keywords).
+"""
+
+import importlib
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lossbench.errors import UserError
+
+USER_LOSS = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class Registered:
+    make: Callable[..., Callable]  # keyword args -> a fresh loss callable
+    expect: str = "equal"  # what the report expects against its reference
+    updates_weights: bool = True  # False only for a detached negative control
+
+
+REGISTRY: dict[str, Registered] = {}
+
+
+def register(name, expect="equal", updates_weights=True):
+    def deco(make):
+        REGISTRY[name] = Registered(make, expect, updates_weights)
+        return make
+
+    return deco
+
+
+# References: torch's own reconstruction losses that fit a sigmoid output and targets in [0, 1].
+register("torch_mse")(nn.MSELoss)
+register("torch_l1")(nn.L1Loss)
+register("torch_smooth_l1")(nn.SmoothL1Loss)
+register("torch_huber")(nn.HuberLoss)
+register("torch_bce")(nn.BCELoss)
+
+
+@register("functional_mse")
+def functional_mse():
+    """F.mse_loss called as a plain function."""
+    return F.mse_loss
+
+
+class ModuleMSE(nn.Module):
+    """A user-written module, structured like library losses are."""
+
+    def forward(self, input, target):
+        return ((input - target) ** 2).mean()
+
+
+register("module_mse")(ModuleMSE)
+
+
+class NumpyMSE(torch.autograd.Function):
+    """NumPy forward, analytic backward: the tutorial's custom loss."""
+
+    @staticmethod
+    def forward(ctx, input, target):
+        ctx.save_for_backward(input, target)
+        # .cpu() is the device-to-host copy (and sync) this loss costs on CUDA
+        a = input.detach().cpu().numpy()  # (B, 784)
+        b = target.detach().cpu().numpy()  # (B, 784)
+        loss = np.mean((a - b) ** 2)  # NumPy scalar, input's dtype
+        return torch.as_tensor(loss, device=input.device)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, target = ctx.saved_tensors
+        return grad_output * 2 * (input - target) / input.numel(), None
+
+
+@register("numpy_mse")
+def numpy_mse():
+    return NumpyMSE.apply
+
+
+class WrongBackward(NumpyMSE):
+    """Negative control: NumpyMSE's forward, its gradient doubled. Caught at step 1 by the gradient check."""
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad, _ = NumpyMSE.backward(ctx, grad_output)
+        return 2 * grad, None
+
+
+@register("wrong_backward", expect="differs")
+def wrong_backward():
+    return WrongBackward.apply
+
+
+def _numpy_detached(input, target):
+    a = input.detach().cpu().numpy()
+    b = target.detach().cpu().numpy()
+    # the pitfall: a fresh leaf tensor has no history, so no gradient reaches the model
+    return torch.tensor(np.mean((a - b) ** 2), device=input.device, requires_grad=True)
+
+
+@register("numpy_detached", expect="differs", updates_weights=False)
+def numpy_detached():
+    """Negative control: NumPy loss wrapped back into a tensor without autograd."""
+    return _numpy_detached
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A loss ready to build: what it is, where its code comes from, how to make it."""
+
+    name: str
+    fn: str  # registered name or package.module:attr
+    args: dict = field(default_factory=dict)
+    updates_weights: bool = True
+    obj: object = None  # the resolved class, function or registered factory
+
+    def make(self):
+        """A fresh loss callable."""
+        if self.fn in REGISTRY:
+            return REGISTRY[self.fn].make(**self.args)
+        obj = self.obj
+        if isinstance(obj, type) and issubclass(obj, torch.autograd.Function):
+            if self.args:
+                raise UserError(f"loss {self.name!r}: args {self.args} given, but {self.fn} is an "
+                                "autograd.Function, which takes no constructor arguments")
+            return obj.apply
+        if isinstance(obj, type):
+            return obj(**self.args)  # an nn.Module (or any class)
+        if self.args:  # a function: keywords bound to every call
+            return lambda input, target: obj(input, target, **self.args)
+        return obj
+
+
+def not_scalar(loss):
+    """Why ``loss`` is not a scalar tensor, or None."""
+    if not isinstance(loss, torch.Tensor):
+        return f"returned a {type(loss).__name__}, expected a scalar tensor"
+    if loss.dim() != 0:
+        return f"returned shape {tuple(loss.shape)}, expected a scalar (shape ()): reduce it, e.g. .mean()"
+    return None
+
+
+def import_fn(fn, name):
+    """The object ``package.module:attr`` names, or a UserError saying what is missing."""
+    module_name, attr = fn.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"loss {name!r}: cannot import module {module_name!r} ({e})") from e
+    except Exception as e:  # the user's module itself is broken (SyntaxError, NameError, ...): say which
+        raise UserError(f"loss {name!r}: importing {module_name!r} raised {type(e).__name__}: {e}") from e
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise UserError(f"loss {name!r}: module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise UserError(f"loss {name!r}: {fn} is a {type(obj).__name__}, not a class or function")
+    return obj
+
+
+def resolve(name, fn, args, updates_weights=True) -> LossSpec:
+    """A buildable LossSpec; imports user code, and builds it once so bad ``args`` show now."""
+    obj = None if fn in REGISTRY else import_fn(fn, name)
+    spec = LossSpec(name, fn, dict(args), updates_weights, obj)
+    try:
+        spec.make()
+    except TypeError as e:  # wrong constructor / factory keywords
+        raise UserError(f"loss {name!r}: {fn} cannot be built with args {dict(args)}: {e}") from e
+    return spec

@@ -1,0 +1,220 @@
+"""The tutorial's training loop, timed, with the evidence the report judges.
+
+Per configuration: ``repeats`` seeded runs (every step's loss and time), a
+separate per-phase timing pass, the step-1 gradient of every parameter, and the
+final weights. A loss that raises, returns a non-scalar or a non-finite value
+stops the run with the configuration, repeat, epoch and step named.
+"""
+
+import hashlib
+import math
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from lossbench import data, determinism
+from lossbench.errors import UserError
+from lossbench.losses import not_scalar
+from lossbench.io import atomic_path
+from lossbench.model import AutoEncoder
+
+PHASES = ("forward", "loss", "backward", "step")
+STEP_COLUMNS = ["repeat", "epoch", "step", "global_step", "loss", "seconds"]  # steps.csv
+
+
+class RunError(UserError):
+    """The loss under test failed inside a run."""
+
+    exit_code = 1
+
+
+def weights_digest(model):
+    """SHA-256 over every parameter's name and bytes, in state_dict order."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _at(label, epoch, step, global_step):
+    return f"{label}, epoch {epoch}, step {step} (global step {global_step})"
+
+
+def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=None):
+    """The tutorial's loop. Returns the steps table and the weights (digests, final tensors).
+
+    ``batches()`` yields one epoch of (B, 784) tensors on ``device``. The loss
+    recorded for a step is the one computed before that step's update.
+    """
+    determinism.seed_everything(seed)
+    model = AutoEncoder().to(device)  # built right after seeding, then moved
+    start = weights_digest(model)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = make_loss()
+    rows = []
+    t_start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        for step, x in enumerate(batches(), 1):  # x: (B, 784), input and target
+            t0 = time.perf_counter()
+            out = model(x)  # (B, 784)
+            try:
+                loss = loss_fn(out, x)  # scalar
+            except Exception as e:  # the loss under test is user code: say where it broke
+                raise RunError(f"{_at(label, epoch, step, len(rows) + 1)}: the loss raised {type(e).__name__}: {e}") from e
+            problem = not_scalar(loss)
+            if problem:
+                raise RunError(f"{_at(label, epoch, step, len(rows) + 1)}: the loss {problem}")
+            opt.zero_grad()
+            try:
+                loss.backward()
+            except Exception as e:  # a user's backward
+                raise RunError(f"{_at(label, epoch, step, len(rows) + 1)}: the loss's backward raised {type(e).__name__}: {e}") from e
+            opt.step()
+            value = loss.item()  # waits for the device, so t1 - t0 is the whole step
+            t1 = time.perf_counter()
+            if not math.isfinite(value):
+                raise RunError(f"{_at(label, epoch, step, len(rows) + 1)}: the loss is {value}, expected a finite value")
+            rows.append((epoch, step, len(rows) + 1, value, t1 - t0))
+            if progress is not None:
+                progress.update()
+    total = time.perf_counter() - t_start
+    steps = pd.DataFrame(rows, columns=["epoch", "step", "global_step", "loss", "seconds"])
+    weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    return steps, {"weights_start": start, "weights_end": weights_digest(model), "total_seconds": total,
+                   "weights": weights}
+
+
+def first_step_gradients(make_loss, batches, device, seed):
+    """Every parameter's gradient after step 1's backward, from the seeded initial weights.
+
+    A parameter that no gradient reaches gets zeros (the detached control).
+    """
+    determinism.seed_everything(seed)
+    model = AutoEncoder().to(device)
+    x = next(iter(batches()))  # (B, 784): the first batch
+    loss = make_loss()(model(x), x)
+    loss.backward()
+    return {k: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().cpu().numpy()
+            for k, p in model.named_parameters()}
+
+
+class Clock:
+    """Phase timer: CUDA events on CUDA (device time), perf_counter on the CPU."""
+
+    def __init__(self, device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.method = "cuda events" if self.cuda else "perf_counter"
+
+    def mark(self):
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def elapsed(self, marks):
+        """Seconds between consecutive marks."""
+        if self.cuda:
+            marks[-1].synchronize()
+            return [a.elapsed_time(b) / 1e3 for a, b in zip(marks, marks[1:])]
+        return [b - a for a, b in zip(marks, marks[1:])]
+
+
+def profile_phases(make_loss, batches, device, steps, lr, seed):
+    """A separate, seeded timing pass: median seconds per phase over ``steps`` steps.
+
+    Kept apart from the measured runs so its marks never distort their totals.
+    """
+    determinism.seed_everything(seed)
+    model = AutoEncoder().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = make_loss()
+    clock = Clock(device)
+    times = []
+    while len(times) < steps:
+        for x in batches():
+            if len(times) == steps:
+                break
+            m = [clock.mark()]
+            out = model(x)
+            m.append(clock.mark())
+            loss = loss_fn(out, x)
+            m.append(clock.mark())
+            opt.zero_grad()
+            loss.backward()
+            m.append(clock.mark())
+            opt.step()
+            m.append(clock.mark())
+            times.append(clock.elapsed(m))
+    med = np.median(np.array(times), axis=0)  # (len(PHASES),)
+    return {"method": clock.method, "steps": steps, "median_seconds": dict(zip(PHASES, map(float, med)))}
+
+
+def step_stats(seconds, warmup):
+    kept = np.asarray(seconds)[warmup:]
+    return {"median": float(np.median(kept)), "p90": float(np.percentile(kept, 90))}
+
+
+def make_batches(loader, root, device, batch_size):
+    """A function that yields one epoch of batches, for the chosen data path."""
+    if loader == "preloaded":
+        images = data.preload(root, device)  # (N, 784) float32 on device
+        return lambda: data.preloaded_batches(images, batch_size)
+    return lambda: data.dataloader_batches(root, batch_size, device)
+
+
+def train_config(spec, device, train, root, label):
+    """All repeats of one configuration, the timing pass and the gradient evidence.
+
+    Returns (steps, run, tensors): tensors holds ``grads`` (step 1) and ``weights`` (final, repeat 1).
+    """
+    batches = make_batches(train.loader, root, device, train.batch_size)
+    n_steps = train.epochs * data.steps_per_epoch(len(data.mnist(root)), train.batch_size)
+    tables, repeats = [], []
+    with tqdm(total=n_steps * train.repeats, desc=label, file=sys.stderr, mininterval=1) as bar:
+        for r in range(1, train.repeats + 1):
+            steps, info = run_once(spec.make, batches, device, train.epochs, train.lr,
+                                   train.seed, f"{label} repeat {r}", bar)
+            weights = info.pop("weights")
+            info["step_seconds"] = step_stats(steps["seconds"], train.warmup_steps)
+            repeats.append(info)
+            tables.append(steps.assign(repeat=r))
+            if r == 1:
+                final = weights
+    grads = first_step_gradients(spec.make, batches, device, train.seed)
+    phases = profile_phases(spec.make, batches, device, train.profile_steps, train.lr, train.seed)
+    first = repeats[0]
+    run = {
+        "status": "ran",
+        "updates_weights": spec.updates_weights,
+        "weights_start": first["weights_start"],
+        "weights_end": first["weights_end"],
+        "weights_changed": first["weights_start"] != first["weights_end"],
+        "steps": n_steps,
+        "warmup_steps_excluded": train.warmup_steps,
+        "repeats": repeats,
+        "phases": phases,
+    }
+    return pd.concat(tables)[STEP_COLUMNS], run, {"grads": grads, "weights": final}
+
+
+def write_steps(path, steps):
+    # float64 repr of a float32 value round-trips it exactly
+    with atomic_path(path) as tmp:
+        steps.to_csv(tmp, index=False)
+
+
+def write_tensors(path, tensors):
+    """Named arrays to ``.npz``, atomically (np.savez on a file object adds no suffix)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **tensors)
+
+
+def read_tensors(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}

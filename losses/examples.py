@@ -1,0 +1,80 @@
+"""Worked examples: a NumPy ``torch.autograd.Function`` twin of each of torch's L1, Huber and BCE.
+
+Each forward computes the loss in NumPy on the host; each backward is written by
+hand, following torch's own formula (its subgradient at 0, its clamps), so that
+the trajectory comes out `equal` to the reference named in params.yaml:
+
+    numpy_l1:    {fn: "losses.examples:NumpyL1", reference: torch_l1}
+    numpy_huber: {fn: "losses.examples:NumpyHuber", args: {delta: 0.1}, reference: huber_ref}
+    numpy_bce:   {fn: "losses.examples:NumpyBCE", reference: torch_bce}
+"""
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def _host(t):
+    return t.detach().cpu().numpy()  # the device-to-host copy a NumPy loss costs on CUDA
+
+
+class NumpyL1(torch.autograd.Function):
+    """mean |x - t|; gradient sign(x - t) / n (0 where x == t, as torch)."""
+
+    @staticmethod
+    def forward(ctx, input, target):
+        ctx.save_for_backward(input, target)
+        loss = np.mean(np.abs(_host(input) - _host(target)))  # NumPy scalar, input's dtype
+        return torch.as_tensor(loss, device=input.device)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, target = ctx.saved_tensors
+        return grad_output * torch.sign(input - target) / input.numel(), None
+
+
+class _NumpyHuber(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, target, delta):
+        ctx.save_for_backward(input, target)
+        ctx.delta = delta
+        d = np.abs(_host(input) - _host(target))  # (B, 784)
+        # quadratic near 0, linear beyond delta: both branches are taken on MNIST for delta = 0.1
+        per = np.where(d < delta, 0.5 * d * d, delta * (d - 0.5 * delta))
+        return torch.as_tensor(np.mean(per), device=input.device)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, target = ctx.saved_tensors
+        d = input - target
+        g = d.clamp(-ctx.delta, ctx.delta)  # d inside [-delta, delta], +-delta outside
+        return grad_output * g / input.numel(), None, None
+
+
+class NumpyHuber(nn.Module):
+    """Huber with a threshold: a module, so that ``args: {delta: ...}`` reach its constructor."""
+
+    def __init__(self, delta=1.0):
+        super().__init__()
+        self.delta = delta
+
+    def forward(self, input, target):
+        return _NumpyHuber.apply(input, target, self.delta)
+
+
+class NumpyBCE(torch.autograd.Function):
+    """Binary cross-entropy, torch's clamps included: log clamped at -100, x(1 - x) at 1e-12."""
+
+    @staticmethod
+    def forward(ctx, input, target):
+        ctx.save_for_backward(input, target)
+        x, t = _host(input), _host(target)
+        with np.errstate(divide="ignore"):  # log(0) = -inf, clamped below, as torch does
+            log_x, log_1mx = np.maximum(np.log(x), -100), np.maximum(np.log(1 - x), -100)
+        return torch.as_tensor(np.mean(-(t * log_x + (1 - t) * log_1mx)), device=input.device)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, target = ctx.saved_tensors
+        denom = ((1 - input) * input).clamp_min(1e-12)
+        return grad_output * (input - target) / denom / input.numel(), None
