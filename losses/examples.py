@@ -46,9 +46,10 @@ class _NumpyHuber(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         input, target = ctx.saved_tensors
-        d = input - target
-        g = d.clamp(-ctx.delta, ctx.delta)  # d inside [-delta, delta], +-delta outside
-        return grad_output * g / input.numel(), None, None
+        g = (input - target).clamp(-ctx.delta, ctx.delta)  # d inside [-delta, delta], +-delta outside
+        # in torch's order, (g * (1 / n)) * grad: bitwise its gradient; grad * g / n differs in the last bit
+        # for 70% of elements, and 470 steps of Adam grow that into a 1e-5 drift of the loss
+        return g * (1.0 / input.numel()) * grad_output, None, None
 
 
 class NumpyHuber(nn.Module):

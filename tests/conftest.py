@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from lossbench import download
+from stages import download
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MIRROR = ROOT.parent / "shared" / "datasets" / "mnist"
@@ -72,14 +72,22 @@ def small_params(path, **train):
     return Path(path)
 
 
-@pytest.fixture
-def platform_json(tmp_path):
-    from lossbench import platform_info
-    from lossbench.io import write_json
+def check_files(params, out):
+    """The check stage's per-configuration files for ``params``; returns their folder."""
+    from stages import check
 
-    path = tmp_path / "platform.json"
-    write_json(path, platform_info.collect())
-    return path
+    check.main(["--params", str(params), "--out", str(out)])
+    return Path(out)
+
+
+def train_config(params, data, check_dir, runs, loss, device="cpu"):
+    """One train stage, as DVC runs it; returns the run directory."""
+    from stages import train
+
+    out = Path(runs) / f"{loss}-{device}"
+    train.main(["--check", str(Path(check_dir) / f"{loss}-{device}.json"), "--params", str(params),
+                "--data", str(data), "--out", str(out)])
+    return out
 
 
 def copy_tree(src, dst, names):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lossbench import download
+from stages import download
 from tests.conftest import gzip_dir, write_idx
 
 

@@ -6,26 +6,24 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lossbench import gpu, report, train
 from lossbench.config import load_params
-from tests.conftest import small_params, write_idx
+from stages import report
+from tests.conftest import check_files, small_params, train_config, write_idx
 
-LOSSES = ["torch_mse", "functional_mse", "module_mse", "numpy_mse", "numpy_detached"]
+LOSSES = ["torch_mse", "functional_mse", "module_mse", "numpy_mse", "numpy_detached", "wrong_backward"]
 
 
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory):
     """Real runs of every loss on tiny synthetic data, plus an unavailable cuda run per loss."""
-    from lossbench import platform_info
     from lossbench.io import write_json
 
     tmp = tmp_path_factory.mktemp("runs")
     write_idx(tmp / "data" / "MNIST" / "raw")
-    write_json(tmp / "platform.json", platform_info.collect())
-    params = small_params(tmp / "params.yaml")
+    params = small_params(tmp / "params.yaml", losses=LOSSES)
+    checks = check_files(params, tmp / "check")
     for loss in LOSSES:
-        train.main(["--loss", loss, "--device", "cpu", "--params", str(params), "--data", str(tmp / "data"),
-                    "--platform", str(tmp / "platform.json"), "--out", str(tmp / "runs" / f"{loss}-cpu")])
+        train_config(params, tmp / "data", checks, tmp / "runs", loss)
         write_json(tmp / "runs" / f"{loss}-cuda" / "run.json",
                    {"status": "unavailable", "reason": "no GPU in this test", "config": f"{loss}-cuda"})
     return tmp
@@ -44,9 +42,9 @@ def work(runs_dir, tmp_path):
     return tmp_path
 
 
-def evaluate(work, require=False):
+def evaluate(work):
     params = load_params(work / "params.yaml")
-    return report.evaluate(params, report.load_runs(work / "runs", params.train.losses, params.train.devices), require)
+    return report.evaluate(params, report.load_runs(work / "runs", params.train.losses, params.train.devices))
 
 
 def edit_steps(work, config, fn):
@@ -60,7 +58,7 @@ def test_all_pass_and_verdicts(work):
     res = evaluate(work)
     assert res.failures == []
     c = res.configs
-    assert [c[f"{l}-cpu"]["verdict"] for l in LOSSES] == ["reference", "equal", "equal", "equal", "differs"]
+    assert [c[f"{l}-cpu"]["verdict"] for l in LOSSES] == ["reference", "equal", "equal", "equal", "differs", "differs"]
     assert c["numpy_detached-cpu"]["weights_changed"] is False
     assert all(c[f"{l}-cuda"]["verdict"] == "not run" and c[f"{l}-cuda"]["passed"] for l in LOSSES)
     assert c["functional_mse-cpu"]["bitwise_equal_steps"] == 32 // 2
@@ -83,6 +81,9 @@ def test_trajectory_beyond_tolerance_names_config_step_and_values(work):
 def test_negative_control_that_does_not_differ_fails(work):
     ref = pd.read_csv(work / "runs" / "torch_mse-cpu" / "steps.csv")
     edit_steps(work, "numpy_detached-cpu", lambda s: s.__setitem__("loss", ref["loss"]))
+    res = evaluate(work)
+    assert not any("numpy_detached-cpu: expected to differ" in f for f in res.failures)  # its gradients still differ
+    shutil.copy(work / "runs" / "torch_mse-cpu" / "grads.npz", work / "runs" / "numpy_detached-cpu" / "grads.npz")
     res = evaluate(work)
     assert any("numpy_detached-cpu: expected to differ from torch_mse-cpu" in f for f in res.failures)
 
@@ -128,10 +129,63 @@ def test_cross_device_is_compared_when_both_ran(work):
     assert any(f.startswith("module_mse-cuda vs module_mse-cpu: first broken at global step 1") for f in res.failures)
 
 
-def test_not_run_fails_only_when_devices_required(work):
-    res = evaluate(work, require=True)
-    assert len(res.failures) == 5
-    assert res.failures[0] == "torch_mse-cuda: not run and LOSSBENCH_REQUIRE_DEVICES=1: no GPU in this test"
+def set_params(work, fn):
+    import yaml
+
+    p = yaml.safe_load((work / "params.yaml").read_text())
+    fn(p)
+    (work / "params.yaml").write_text(yaml.safe_dump(p))
+
+
+def test_gradient_check_names_a_scaled_backward_at_step_1(work):
+    c = evaluate(work).configs["wrong_backward-cpu"]
+    assert c["verdict"] == "differs" and c["grad_factor"] == pytest.approx(2.0, abs=1e-3)
+    assert c["grad_summary"].startswith("step 1: every gradient is 2.000x the reference's: the backward is scaled "
+                                        "wrongly (the step-1 loss agrees: the forward is right)")
+    assert evaluate(work).configs["numpy_detached-cpu"]["grad_factor"] == 0.0
+
+
+def test_gradient_check_alone_catches_it_when_the_trajectory_passes(work):
+    """With a trajectory tolerance so loose that every step passes, step 1's gradients still fail it."""
+    def loose(p):
+        p["report"]["same_device"]["atol"] = 1.0
+        p["losses"]["wrong_backward_expected_equal"] = {"fn": "wrong_backward", "expect": "equal"}
+        p["train"]["losses"] = [l if l != "wrong_backward" else "wrong_backward_expected_equal" for l in LOSSES]
+    set_params(work, loose)
+    (work / "runs" / "wrong_backward-cpu").rename(work / "runs" / "wrong_backward_expected_equal-cpu")
+    (work / "runs" / "wrong_backward-cuda").rename(work / "runs" / "wrong_backward_expected_equal-cuda")
+    res = evaluate(work)
+    assert res.configs["wrong_backward_expected_equal-cpu"]["max_abs_diff"] < 1.0  # the trajectory alone passes
+    assert [f for f in res.failures if "wrong_backward" in f] == [
+        "wrong_backward_expected_equal-cpu: expected equal to torch_mse-cpu, but step 1: every gradient is 2.000x "
+        "the reference's: the backward is scaled wrongly (the step-1 loss agrees: the forward is right)"]
+
+
+def test_gradient_within_relative_tolerance_and_beyond(work):
+    path = work / "runs" / "numpy_mse-cpu" / "grads.npz"
+    g = dict(np.load(path))
+    ref = dict(np.load(work / "runs" / "torch_mse-cpu" / "grads.npz"))
+    k = "decoder.6.bias"
+    g[k] = ref[k] + 5e-4 * np.abs(ref[k]).max()  # one tensor off by 5e-4 of its scale; tolerance 1e-4
+    np.savez(path, **g)
+    res = evaluate(work)
+    assert res.configs["numpy_mse-cpu"]["verdict"] == "differs"
+    assert any(f.startswith("numpy_mse-cpu: expected equal to torch_mse-cpu, but step 1: gradients differ, worst in "
+                            "decoder.6.bias (max rel err 0.0005") for f in res.failures)
+
+
+def test_each_loss_is_judged_against_its_own_reference(work):
+    """functional_mse judged against module_mse (equal), numpy_detached against numpy_mse (differs)."""
+    def refs(p):
+        p["losses"]["fmse"] = {"fn": "functional_mse", "reference": "module_mse"}
+        p["train"]["losses"] = [l if l != "functional_mse" else "fmse" for l in LOSSES]
+    set_params(work, refs)
+    for d in ("cpu", "cuda"):
+        (work / "runs" / f"functional_mse-{d}").rename(work / "runs" / f"fmse-{d}")
+    res = evaluate(work)
+    assert res.failures == []
+    assert res.configs["fmse-cpu"]["reference"] == "module_mse" and res.configs["fmse-cpu"]["verdict"] == "equal"
+    assert res.configs["module_mse-cpu"]["verdict"] == "reference"  # named as a reference: judged against nothing
 
 
 def test_truncated_steps_csv_is_an_error_naming_the_file(work):
@@ -152,8 +206,7 @@ def run_report(work):
     return work / "out"
 
 
-def test_main_writes_report_metrics_plots_and_pictures(work, monkeypatch):
-    monkeypatch.delenv(gpu.REQUIRE_DEVICES, raising=False)
+def test_main_writes_report_metrics_plots_and_pictures(work):
     out = run_report(work)
     md = (out / "report.md").read_text()
     summary = md[: md.index("## Details")]

@@ -1,28 +1,27 @@
 import json
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from lossbench import data, gpu, train
+from lossbench import data, training
 from lossbench.config import load_params
 from lossbench.losses import REGISTRY, register
-from tests.conftest import small_params
-
-NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a GPU: the no-GPU path is not testable")
-
-
-def run_main(tmp_path, synthetic, platform_json, loss="numpy_mse", device="cpu", out="run", **train_params):
-    params = small_params(tmp_path / "params.yaml", **train_params)
-    out = tmp_path / out
-    train.main(["--loss", loss, "--device", device, "--params", str(params), "--data", str(synthetic),
-                "--platform", str(platform_json), "--out", str(out)])
-    return out
+from lossbench.model import AutoEncoder
+from tests.conftest import check_files, small_params, train_config
 
 
-def test_outputs_of_a_run(tmp_path, synthetic, platform_json):
-    out = run_main(tmp_path, synthetic, platform_json)
+def run_main(tmp_path, synthetic, loss="numpy_mse", device="cpu", out="run", **train_params):
+    """The check stage, then one train stage, as DVC runs them; returns the run directory."""
+    params = small_params(tmp_path / f"{out}.yaml", losses=["torch_mse", loss], **train_params)
+    checks = check_files(params, tmp_path / f"{out}-check")
+    return train_config(params, synthetic, checks, tmp_path / out, loss, device)
+
+
+def test_outputs_of_a_run(tmp_path, synthetic):
+    out = run_main(tmp_path, synthetic)
     steps = pd.read_csv(out / "steps.csv")
     assert list(steps.columns) == ["repeat", "epoch", "step", "global_step", "loss", "seconds"]
     assert len(steps) == 2 * 2 * 8  # repeats x epochs x (512 / 64) steps
@@ -34,9 +33,13 @@ def test_outputs_of_a_run(tmp_path, synthetic, platform_json):
     assert run["status"] == "ran" and run["config"] == "numpy_mse-cpu" and run["steps"] == 16
     assert run["weights_changed"] and run["weights_start"] != run["weights_end"]
     assert run["params"]["batch_size"] == 64 and run["platform"]["versions"]["torch"] == torch.__version__
+    assert run["fn"] == "numpy_mse" and run["loss_source"] == {"registered": "lossbench/losses.py"}
+    grads, weights = training.read_tensors(out / "grads.npz"), training.read_tensors(out / "weights.npz")
+    assert list(grads) == list(weights) == [k for k, _ in AutoEncoder().named_parameters()]
+    assert all(np.abs(g).max() > 0 for g in grads.values())
     assert run["determinism"]["use_deterministic_algorithms"] is True
     assert run["determinism"]["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
-    assert set(run["phases"]["median_seconds"]) == set(train.PHASES)
+    assert set(run["phases"]["median_seconds"]) == set(training.PHASES)
     assert len(run["repeats"]) == 2 and run["warmup_steps_excluded"] == 1
     for r in run["repeats"]:
         assert 0 < r["step_seconds"]["median"] <= r["step_seconds"]["p90"] < r["total_seconds"]
@@ -44,7 +47,7 @@ def test_outputs_of_a_run(tmp_path, synthetic, platform_json):
 
 def test_loss_round_trips_float32_exactly(synthetic):
     params = load_params("params.yaml").train.model_copy(update={"epochs": 1, "batch_size": 64})
-    batches = train.make_batches("preloaded", synthetic, "cpu", 64)
+    batches = training.make_batches("preloaded", synthetic, "cpu", 64)
     losses = []
     original = REGISTRY["torch_mse"].make
 
@@ -52,80 +55,89 @@ def test_loss_round_trips_float32_exactly(synthetic):
         fn = original()
         return lambda a, b: losses.append(fn(a, b)) or losses[-1]
 
-    steps, _ = train.run_once(recording, batches, "cpu", params.epochs, params.lr, params.seed)
+    steps, _ = training.run_once(recording, batches, "cpu", params.epochs, params.lr, params.seed)
     path = synthetic / "steps.csv"
-    train.write_steps(path, steps)
+    training.write_steps(path, steps)
     back = torch.tensor(pd.read_csv(path)["loss"].to_numpy()).float()
     assert torch.equal(back, torch.stack([l.detach() for l in losses]))
 
 
-def test_two_runs_are_bitwise_identical(tmp_path, synthetic, platform_json):
-    a = run_main(tmp_path, synthetic, platform_json, out="a", repeats=1)
-    b = run_main(tmp_path, synthetic, platform_json, out="b", repeats=1)
+def test_two_runs_are_bitwise_identical(tmp_path, synthetic):
+    a = run_main(tmp_path, synthetic, out="a", repeats=1)
+    b = run_main(tmp_path, synthetic, out="b", repeats=1)
     la, lb = (pd.read_csv(p / "steps.csv")["loss"] for p in (a, b))
     assert la.map(float.hex).tolist() == lb.map(float.hex).tolist()
 
 
-def test_different_seed_changes_the_trajectory(tmp_path, synthetic, platform_json):
-    a = run_main(tmp_path, synthetic, platform_json, out="a", repeats=1)
-    b = run_main(tmp_path, synthetic, platform_json, out="b", repeats=1, seed=1)
+def test_different_seed_changes_the_trajectory(tmp_path, synthetic):
+    a = run_main(tmp_path, synthetic, out="a", repeats=1)
+    b = run_main(tmp_path, synthetic, out="b", repeats=1, seed=1)
     assert not pd.read_csv(a / "steps.csv")["loss"].equals(pd.read_csv(b / "steps.csv")["loss"])
 
 
-@pytest.fixture
-def exploding():
-    """A loss that turns NaN at its fourth call."""
-    calls = []
+def broken(kind):
+    """A loss that goes wrong at its fourth call in one run (each make() starts counting anew)."""
 
-    def loss(a, b):
-        calls.append(1)
-        return ((a - b) ** 2).mean() * (float("nan") if len(calls) == 4 else 1.0)
+    def make():
+        calls = []
 
-    register("exploding_test_loss")(lambda: loss)
-    yield "exploding_test_loss"
-    del REGISTRY["exploding_test_loss"]
+        def loss(a, b):
+            calls.append(1)
+            value = ((a - b) ** 2).mean()
+            if len(calls) < 4:
+                return value
+            if kind == "nan":
+                return value * float("nan")
+            if kind == "raises":
+                raise ValueError("shapes do not broadcast")
+            return (a - b) ** 2  # kind == "vector": forgot the reduction
+
+        return loss
+
+    return make
 
 
-def test_nan_loss_stops_and_names_step_and_configuration(tmp_path, synthetic, platform_json, exploding):
-    with pytest.raises(SystemExit, match=r"exploding_test_loss-cpu repeat 1: loss is nan at epoch 1, step 4 "
-                                         r"\(global step 4\)"):
-        run_main(tmp_path, synthetic, platform_json, loss=exploding)
-    assert not (tmp_path / "run" / "steps.csv").exists() and not (tmp_path / "run" / "run.json").exists()
+@pytest.mark.parametrize("kind, message", [
+    ("nan", "the loss is nan, expected a finite value"),
+    ("raises", "the loss raised ValueError: shapes do not broadcast"),
+    ("vector", r"the loss returned shape \(64, 784\), expected a scalar \(shape \(\)\): reduce it"),
+])
+def test_failure_inside_a_run_is_one_line_naming_config_repeat_epoch_step(tmp_path, synthetic, capsys, kind, message):
+    name = f"broken_{kind}_test_loss"
+    register(name)(broken(kind))
+    try:
+        with pytest.raises(SystemExit) as e:
+            run_main(tmp_path, synthetic, loss=name)
+    finally:
+        del REGISTRY[name]
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"train: {name}-cpu repeat 1, epoch 1, step 4 (global step 4): ")
+    assert re.search(message, err), err
+    assert sorted(p.name for p in (tmp_path / "run" / f"{name}-cpu").iterdir()) == []  # nothing that looks done
 
 
-def test_interrupted_run_leaves_no_steps_csv(tmp_path, synthetic, platform_json, monkeypatch):
-    out = run_main(tmp_path, synthetic, platform_json)  # a finished run first
-    real = train.run_once
+def test_interrupted_run_leaves_no_steps_csv(tmp_path, synthetic, monkeypatch):
+    out = run_main(tmp_path, synthetic)  # a finished run first
+    real = training.run_once
 
     def interrupted(*args, **kwargs):
         real(*args, **kwargs)
         raise KeyboardInterrupt  # as Ctrl-C after the first repeat
 
-    monkeypatch.setattr(train, "run_once", interrupted)
+    monkeypatch.setattr(training, "run_once", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_main(tmp_path, synthetic, platform_json)
+        run_main(tmp_path, synthetic)
     assert sorted(p.name for p in out.iterdir()) == []  # old results gone, nothing half-written
 
 
-@NO_GPU
-def test_cuda_unavailable_is_recorded_not_fatal(tmp_path, synthetic, platform_json, monkeypatch):
-    monkeypatch.delenv(gpu.REQUIRE_DEVICES, raising=False)
-    out = run_main(tmp_path, synthetic, platform_json, device="cuda")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a GPU: the no-GPU path is not testable")
+def test_cuda_unavailable_is_recorded_without_training(tmp_path, synthetic, monkeypatch):
+    monkeypatch.delenv("LOSSBENCH_REQUIRE_DEVICES", raising=False)
+    out = run_main(tmp_path, synthetic, device="cuda", devices=["cpu", "cuda"])
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "unavailable" and ("GPU" in run["reason"] or "CUDA" in run["reason"])
     assert not (out / "steps.csv").exists()
-
-
-@NO_GPU
-def test_cuda_unavailable_is_fatal_when_required(tmp_path, synthetic, platform_json, monkeypatch):
-    monkeypatch.setenv(gpu.REQUIRE_DEVICES, "1")
-    with pytest.raises(SystemExit, match=r"numpy_mse-cuda: device unavailable and LOSSBENCH_REQUIRE_DEVICES=1"):
-        run_main(tmp_path, synthetic, platform_json, device="cuda")
-
-
-def test_unresolvable_user_loss_is_a_clear_error(tmp_path, synthetic, platform_json):
-    with pytest.raises(SystemExit, match=r"train: loss 'nowhere_pkg:f': cannot import module 'nowhere_pkg'"):
-        run_main(tmp_path, synthetic, platform_json, loss="nowhere_pkg:f")
 
 
 def test_preloaded_equals_dataloader_on_synthetic_data(synthetic):
@@ -152,8 +164,8 @@ def test_preloaded_is_bitwise_identical_to_the_tutorial_loop_on_real_mnist(real_
         return lambda: (x for i, x in zip(range(n), batches()))
 
     make = REGISTRY["numpy_mse"].make
-    a, _ = train.run_once(make, first(train.make_batches("preloaded", real_mnist, "cpu", 256)), "cpu", 2, 1e-3, 0)
-    b, _ = train.run_once(make, first(train.make_batches("dataloader", real_mnist, "cpu", 256)), "cpu", 2, 1e-3, 0)
+    a, _ = training.run_once(make, first(training.make_batches("preloaded", real_mnist, "cpu", 256)), "cpu", 2, 1e-3, 0)
+    b, _ = training.run_once(make, first(training.make_batches("dataloader", real_mnist, "cpu", 256)), "cpu", 2, 1e-3, 0)
     assert np.array_equal(a["loss"].to_numpy(), b["loss"].to_numpy())
     assert a["loss"].iloc[0] != a["loss"].iloc[-1]
 
