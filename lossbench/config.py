@@ -106,7 +106,6 @@ class Judged(BaseModel):
     args: dict
     reference: str | None  # None: this loss is a reference, compared with nothing
     expect: Expectation
-    updates_weights: bool
 
 
 class Params(Strict):
@@ -150,8 +149,7 @@ class Params(Strict):
             if ref is None and name not in referenced and name != self.report.reference:
                 ref = self.report.reference
             out[name] = Judged(name=name, fn=d.fn, args=d.args, reference=ref if ref != name else None,
-                               expect=d.expect or (reg.expect if reg else "equal"),
-                               updates_weights=reg.updates_weights if reg else True)
+                               expect=d.expect or (reg.expect if reg else "equal"))
         return out
 
 

@@ -172,10 +172,11 @@ def import_fn(fn, name):
     return obj
 
 
-def resolve(name, fn, args, updates_weights=True) -> LossSpec:
+def resolve(name, fn, args) -> LossSpec:
     """A buildable LossSpec; imports user code, and builds it once so bad ``args`` show now."""
-    obj = None if fn in REGISTRY else import_fn(fn, name)
-    spec = LossSpec(name, fn, dict(args), updates_weights, obj)
+    reg = REGISTRY.get(fn)
+    obj = None if reg else import_fn(fn, name)
+    spec = LossSpec(name, fn, dict(args), reg.updates_weights if reg else True, obj)
     try:
         spec.make()
     except TypeError as e:  # wrong constructor / factory keywords

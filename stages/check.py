@@ -44,11 +44,10 @@ def main_check(params_path, out):
     records = {}
     for name, j in params.plan().items():
         try:
-            spec = resolve(name, j.fn, j.args, j.updates_weights)
+            spec = resolve(name, j.fn, j.args)
         except UserError as e:
             raise UserError(f"{key(params_path, params, name)}: {e}") from e
-        loss = {"loss": name, "fn": j.fn, "args": j.args, "updates_weights": j.updates_weights,
-                "source": source(j.fn)}
+        loss = {"loss": name, "fn": j.fn, "args": j.args, "source": source(j.fn)}
         for device in params.train.devices:
             if device not in missing:
                 problem = check(spec, device)

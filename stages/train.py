@@ -38,7 +38,7 @@ def train_stage(check_path, params_path, root, out):
     if not check["available"]:
         write_json(out / "run.json", {**record, "status": "unavailable", "reason": check["reason"]})
         return
-    spec = resolve(check["loss"], check["fn"], check["args"], check["updates_weights"])
+    spec = resolve(check["loss"], check["fn"], check["args"])
     steps, result, tensors = train_config(spec, check["device"], train, root, check["config"])
     write_steps(out / "steps.csv", steps)
     write_tensors(out / "grads.npz", tensors["grads"])

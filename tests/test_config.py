@@ -27,10 +27,14 @@ def test_repo_params_load():
     params = load_params(ROOT / "params.yaml")
     assert params.train.losses[0] == params.report.reference == "torch_mse"
     assert params.train.devices == ["cpu", "cuda"]  # the default never depends on the host
+    plan = params.plan()
+    assert plan["torch_mse"].reference is None and plan["numpy_mse"].reference == "torch_mse"
+    assert plan["numpy_detached"].expect == plan["wrong_backward"].expect == "differs"
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("train.losses", ["torch_mse", "nope"], r"train.losses: Value error, unknown loss 'nope': expected one of \["),
+    ("train.losses", ["torch_mse", "nope"], r"train.losses: unknown loss 'nope': expected a registered loss or "
+                                            r"'package.module:attr', or a name defined under `losses:`"),
     ("train.devices", ["cpu", "tpu"], r"train.devices.1: Input should be 'cpu' or 'cuda' \(got 'tpu'\)"),
     ("train.epochs", 0, r"train.epochs: Input should be greater than 0 \(got 0\)"),
     ("train.batch_size", -1, r"train.batch_size: Input should be greater than 0 \(got -1\)"),
@@ -42,21 +46,54 @@ def test_repo_params_load():
     ("train.epoch", 2, r"train.epoch: Extra inputs are not permitted"),
     ("train.losses", ["torch_mse", "torch_mse"], r"duplicate entries \['torch_mse'\]"),
     ("train.loader", "fast", r"train.loader: Input should be 'preloaded' or 'dataloader'"),
-    ("report.reference", "numpy_mse_x", r"report: Value error, reference 'numpy_mse_x' is not in train.losses"),
-    ("report.expect", {"numpy_detatched": "differs"}, r"expect names 'numpy_detatched', which is neither"),
-    ("report.expect", {"numpy_mse": "same"}, r"report.expect.numpy_mse: Input should be 'equal' or 'differs'"),
+    ("report.reference", "numpy_mse_x", r"train.losses: 'torch_mse' is compared with 'numpy_mse_x' "
+                                        r"\(report.reference\), which is not in train.losses"),
+    ("losses.numpy_l1.reference", "torch_l1", None),  # defined, not trained: nothing to check against
+    ("losses.mine", {"fn": "nosuch"}, r"losses.mine.fn: unknown loss 'nosuch': expected a registered loss or "
+                                      r"'package.module:attr'"),
+    ("losses.mine", {"fn": "a.b:c", "expect": "same"}, r"losses.mine.expect: Input should be 'equal' or 'differs'"),
+    ("losses.mine", {"fn": "a.b:c", "refrence": "x"}, r"losses.mine.refrence: Extra inputs are not permitted"),
+    ("losses.torch_mse", {"fn": "a.b:c"}, r"losses: 'torch_mse' is a registered loss: give your definition "
+                                          r"another name"),
+    ("report.gradient.rtol", -1.0, r"report.gradient.rtol: Input should be greater than or equal to 0"),
     ("compare.cost_factor", 1.0, r"compare.cost_factor: Input should be greater than 1"),
     ("extra", {}, r"extra: Extra inputs are not permitted"),
 ])
 def test_bad_params_name_key_value_and_expectation(key, value, message):
+    if message is None:
+        parse_params(with_(key, value))
+        return
     with pytest.raises(ParamsError, match=message) as e:
         parse_params(with_(key, value), source="params.yaml")
-    assert str(e.value).startswith("params.yaml: invalid params:")
+    assert str(e.value).startswith("params.yaml: ") and "\n" not in str(e.value)  # one line
+
+
+def test_reference_of_a_trained_loss_must_be_trained():
+    data = with_("train.losses", ["torch_mse", "numpy_l1"])
+    with pytest.raises(ParamsError, match=r"train.losses: 'numpy_l1' is compared with 'torch_l1' "
+                                          r"\(losses.numpy_l1.reference\), which is not in train.losses"):
+        parse_params(data)
+
+
+def test_yaml_1_2_as_dvc_reads_it(tmp_path):
+    """`lr: 1e-3` is a float to DVC (YAML 1.2): it must be one to us too."""
+    text = (ROOT / "params.yaml").read_text().replace("lr: 1.0e-3", "lr: 1e-3")
+    assert "lr: 1e-3" in text
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params(tmp_path / "params.yaml").train.lr == 1e-3
 
 
 def test_user_loss_syntax_is_accepted():
     params = parse_params(with_("train.losses", ["torch_mse", "mypkg.losses:MyLoss"]))
     assert params.train.losses[1] == "mypkg.losses:MyLoss"
+    assert params.plan()["mypkg.losses:MyLoss"].reference == "torch_mse"
+
+
+def test_a_reference_with_arguments_and_a_chain():
+    data = with_("train.losses", ["torch_mse", "huber_ref", "numpy_huber"])
+    plan = parse_params(data).plan()
+    assert plan["huber_ref"].reference is None and plan["huber_ref"].args == {"delta": 0.1}
+    assert plan["numpy_huber"].reference == "huber_ref" and plan["numpy_huber"].expect == "equal"
 
 
 def test_missing_and_broken_files_are_named(tmp_path):

@@ -1,9 +1,15 @@
+import re
+
 import pytest
 import torch
+from torch import nn
 
 from lossbench import losses
+from lossbench.errors import UserError
+from lossbench.preflight import check, preflight, source
+from losses import examples
 
-CANDIDATES = ["functional_mse", "module_mse", "numpy_mse", "numpy_detached"]
+CANDIDATES = ["functional_mse", "module_mse", "numpy_mse", "numpy_detached", "wrong_backward"]
 
 
 def fixed(dtype=torch.float32):
@@ -13,9 +19,13 @@ def fixed(dtype=torch.float32):
     return x, t
 
 
-def value_and_grad(name, dtype=torch.float32):
+def build(fn, args=None):
+    return losses.resolve(fn, fn, args or {})
+
+
+def value_and_grad(fn, args=None, dtype=torch.float32):
     x, t = fixed(dtype)
-    loss = losses.resolve(name).make()(x, t)
+    loss = build(fn, args).make()(x, t)
     loss.backward()
     return loss.detach(), x.grad
 
@@ -35,30 +45,69 @@ def test_gradient_matches_torch_mse(name):
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-9)
 
 
+def test_wrong_backward_has_the_right_value_and_twice_the_gradient():
+    ref, ref_grad = value_and_grad("torch_mse")
+    got, grad = value_and_grad("wrong_backward")
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad, 2 * ref_grad, rtol=1e-6, atol=1e-9)
+
+
 def test_numpy_mse_gradcheck_float64():
     x, t = fixed(torch.float64)
     x = x[:2, :20].detach().requires_grad_()
     assert torch.autograd.gradcheck(losses.NumpyMSE.apply, (x, t[:2, :20]))
 
 
-def test_numpy_mse_returns_on_input_device_and_dtype():
-    x, t = fixed(torch.float64)
-    out = losses.NumpyMSE.apply(x, t)
-    assert out.device == x.device and out.dtype == torch.float64 and out.requires_grad
-
-
 def test_numpy_detached_gives_the_model_no_gradient():
     model = torch.nn.Linear(4, 4)
     x = torch.rand(3, 4)
-    loss = losses.resolve("numpy_detached").make()(model(x), x)
+    loss = build("numpy_detached").make()(model(x), x)
     loss.backward()  # runs, and that is the trap: nothing reaches the model
     assert all(p.grad is None for p in model.parameters())
     assert losses.REGISTRY["numpy_detached"].updates_weights is False
 
 
-def test_unknown_loss_lists_known_ones():
-    with pytest.raises(ValueError, match=r"unknown loss 'nope'.*torch_mse"):
-        losses.check_loss_name("nope")
+# The examples: each NumPy twin against its torch reference, value and gradient, and gradcheck in float64.
+EXAMPLES = [
+    ("losses.examples:NumpyL1", {}, nn.L1Loss()),
+    ("losses.examples:NumpyHuber", {"delta": 0.1}, nn.HuberLoss(delta=0.1)),
+    ("losses.examples:NumpyBCE", {}, nn.BCELoss()),
+]
+
+
+@pytest.mark.parametrize("fn, args, ref", EXAMPLES)
+def test_example_matches_its_reference(fn, args, ref):
+    x, t = fixed()
+    expected = ref(x, t)
+    (g_ref,) = torch.autograd.grad(expected, x)
+    got = build(fn, args).make()(x, t)
+    (g,) = torch.autograd.grad(got, x)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+    assert torch.equal(g, g_ref)  # the backward follows torch's formula and order: bit for bit
+
+
+def test_huber_example_takes_both_branches_at_its_delta():
+    x, t = fixed()
+    d = (x - t).abs()
+    assert (d < 0.1).any() and (d >= 0.1).any()
+    _, g = value_and_grad("losses.examples:NumpyHuber", {"delta": 0.1})
+    assert g.abs().max() == pytest.approx(0.1 / x.numel())  # clipped where |d| > delta
+
+
+@pytest.mark.parametrize("fn, args", [(f, a) for f, a, _ in EXAMPLES])
+def test_example_gradcheck_float64(fn, args):
+    x, t = fixed(torch.float64)
+    x = (x[:2, :20].detach() * 0.9 + 0.05).requires_grad_()  # away from BCE's clamps
+    loss = build(fn, args).make()
+    assert torch.autograd.gradcheck(lambda a: loss(a, t[:2, :20]), (x,))
+
+
+def test_bce_example_keeps_torchs_clamps_at_0_and_1():
+    x = torch.tensor([0.0, 1.0, 0.5], requires_grad=True)
+    t = torch.tensor([1.0, 0.0, 0.5])
+    ref = nn.BCELoss()(x, t)
+    got = build("losses.examples:NumpyBCE").make()(x, t)
+    assert torch.isfinite(got) and torch.equal(got, ref)
 
 
 def test_user_losses_resolve_as_function_module_and_autograd_function(tmp_path, monkeypatch):
@@ -66,7 +115,7 @@ def test_user_losses_resolve_as_function_module_and_autograd_function(tmp_path, 
     (tmp_path / "userpkg" / "__init__.py").write_text("")
     (tmp_path / "userpkg" / "mine.py").write_text(
         "import torch\n"
-        "def fn(a, b):\n    return ((a - b) ** 2).mean()\n"
+        "def fn(a, b, scale=1.0):\n    return ((a - b) ** 2).mean() * scale\n"
         "class Mod(torch.nn.Module):\n    def forward(self, a, b):\n        return ((a - b) ** 2).mean()\n"
         "class Fun(torch.autograd.Function):\n"
         "    @staticmethod\n    def forward(ctx, a, b):\n        ctx.save_for_backward(a, b)\n"
@@ -81,14 +130,82 @@ def test_user_losses_resolve_as_function_module_and_autograd_function(tmp_path, 
         got, grad = value_and_grad(f"userpkg.mine:{attr}")
         torch.testing.assert_close(got, ref, rtol=1e-6, atol=0)
         torch.testing.assert_close(grad, ref_grad, rtol=1e-6, atol=1e-9)
-    with pytest.raises(ValueError, match="userpkg.mine:NOT_CALLABLE.*not a class or function"):
-        losses.resolve("userpkg.mine:NOT_CALLABLE").make()
+    got, _ = value_and_grad("userpkg.mine:fn", {"scale": 2.0})  # keywords reach a function too
+    torch.testing.assert_close(got, 2 * ref, rtol=1e-6, atol=0)
+    with pytest.raises(UserError, match="userpkg.mine:NOT_CALLABLE is a int, not a class or function"):
+        build("userpkg.mine:NOT_CALLABLE")
+    with pytest.raises(UserError, match=r"userpkg.mine:Mod cannot be built with args \{'delta': 1\}"):
+        build("userpkg.mine:Mod", {"delta": 1})
+
+
+def test_reference_with_arguments():
+    spec = build("torch_huber", {"delta": 0.05})
+    assert isinstance(spec.make(), nn.HuberLoss) and spec.make().delta == 0.05
+    spec = build("torch.nn:HuberLoss", {"delta": 0.05})
+    assert spec.make().delta == 0.05
+    with pytest.raises(UserError, match=r"torch_huber cannot be built with args \{'delt': 0.05\}"):
+        build("torch_huber", {"delt": 0.05})
 
 
 @pytest.mark.parametrize("name, message", [
     ("no_such_pkg.mod:f", "cannot import module 'no_such_pkg.mod'"),
-    ("stages.losses:nothing_here", "module 'stages.losses' has no attribute 'nothing_here'"),
+    ("lossbench.losses:nothing_here", "module 'lossbench.losses' has no attribute 'nothing_here'"),
 ])
 def test_user_loss_that_does_not_resolve_is_a_clear_error(name, message):
-    with pytest.raises(ValueError, match=message):
-        losses.resolve(name)
+    with pytest.raises(UserError, match=message):
+        build(name)
+
+
+# Pre-flight: each way a loss can be broken, said in words.
+class Spec:
+    def __init__(self, fn, updates_weights=True):
+        self.make, self.updates_weights = (lambda: fn), updates_weights
+
+
+def _detached(a, b):
+    return torch.tensor(((a - b) ** 2).mean().item(), requires_grad=True)
+
+
+class _BadBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        return ((a - b) ** 2).mean()
+
+    @staticmethod
+    def backward(ctx, g):
+        raise RuntimeError("forgot to save the inputs")
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda a, b: (a - b) ** 2, r"returned shape \(4, 784\), expected a scalar \(shape \(\)\)"),
+    (lambda a, b: float(((a - b) ** 2).mean().detach()), "returned a float, expected a scalar tensor"),
+    (lambda a, b: ((a - b) ** 2).mean().double(), "returned torch.float64, expected torch.float32"),
+    (lambda a, b: ((a - b) ** 2).mean() * float("nan"), "returned nan, expected a finite value"),
+    (lambda a, b: ((a - b) * 0).sqrt().mean(), "its backward gives non-finite gradients"),  # d sqrt(0) = inf
+    (lambda a, b: a.sum(dim=5), "raised IndexError: Dimension out of range"),
+    (_detached, "is not connected to the input's graph: no gradient would reach the model"),
+    (_BadBackward.apply, "its backward raised RuntimeError: forgot to save the inputs"),
+])
+def test_preflight_names_what_is_wrong(fn, message):
+    problem = preflight(Spec(fn), "cpu")
+    assert problem is not None and re.search(message, problem), problem
+
+
+def test_preflight_passes_every_shipped_loss_and_holds_the_detached_control_to_its_declaration():
+    for name, reg in losses.REGISTRY.items():
+        assert check(build(name), "cpu") is None, name
+    assert preflight(build("numpy_detached"), "cpu").startswith("is not connected")
+    assert check(Spec(_detached, updates_weights=True), "cpu").startswith("is not connected")
+    assert check(Spec(losses.NumpyMSE.apply, updates_weights=False), "cpu").startswith("is declared detached")
+    for fn, args, _ in EXAMPLES:
+        assert check(build(fn, args), "cpu") is None
+
+
+def test_source_of_a_loss():
+    assert source("numpy_mse") == {"registered": "lossbench/losses.py"}
+    build("losses.examples:NumpyL1")
+    s = source("losses.examples:NumpyL1")
+    assert list(s["files"]) == ["losses/examples.py"] and len(s["files"]["losses/examples.py"]) == 64
+    build("torch.nn:HuberLoss")
+    assert source("torch.nn:HuberLoss") == {"package": "torch", "version": torch.__version__.split("+")[0]} or \
+        source("torch.nn:HuberLoss")["version"] == torch.__version__
