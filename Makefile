@@ -24,14 +24,14 @@ test: $(STAMP)  ## run the test suite
 
 bench: $(STAMP)  ## time the dataloader loop vs the preloaded default, side by side
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro download
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m stages.bench --params params.yaml --data data
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lossbench.bench --params params.yaml --data data
 
 clean:  ## remove the virtual environment
 	rm -rf $(VENV)
 
 compare: $(STAMP)  ## compare reports: make compare A=<rev> [B=<rev>] (B defaults to the workspace)
 	@test -n "$(A)" || { echo "usage: make compare A=<rev> [B=<rev>]" >&2; exit 2; }
-	$(BIN)/python -m stages.compare $(A) $(B)
+	$(BIN)/python -m lossbench.compare $(A) $(B)
 
 IMAGE ?= lossbench
 

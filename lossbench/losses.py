@@ -135,7 +135,7 @@ class LossSpec:
         obj = self.obj
         if isinstance(obj, type) and issubclass(obj, torch.autograd.Function):
             if self.args:
-                raise UserError(f"loss {self.name!r}: args {self.args} given, but {self.fn} is an "
+                raise UserError(f"args {self.args} given, but {self.fn} is an "
                                 "autograd.Function, which takes no constructor arguments")
             return obj.apply
         if isinstance(obj, type):
@@ -154,31 +154,31 @@ def not_scalar(loss):
     return None
 
 
-def import_fn(fn, name):
+def import_fn(fn):
     """The object ``package.module:attr`` names, or a UserError saying what is missing."""
     module_name, attr = fn.split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise UserError(f"loss {name!r}: cannot import module {module_name!r} ({e})") from e
+        raise UserError(f"cannot import module {module_name!r} ({e})") from e
     except Exception as e:  # the user's module itself is broken (SyntaxError, NameError, ...): say which
-        raise UserError(f"loss {name!r}: importing {module_name!r} raised {type(e).__name__}: {e}") from e
+        raise UserError(f"importing {module_name!r} raised {type(e).__name__}: {e}") from e
     try:
         obj = getattr(module, attr)
     except AttributeError:
-        raise UserError(f"loss {name!r}: module {module_name!r} has no attribute {attr!r}") from None
+        raise UserError(f"module {module_name!r} has no attribute {attr!r}") from None
     if not callable(obj):
-        raise UserError(f"loss {name!r}: {fn} is a {type(obj).__name__}, not a class or function")
+        raise UserError(f"{fn} is a {type(obj).__name__}, not a class or function")
     return obj
 
 
 def resolve(name, fn, args) -> LossSpec:
     """A buildable LossSpec; imports user code, and builds it once so bad ``args`` show now."""
     reg = REGISTRY.get(fn)
-    obj = None if reg else import_fn(fn, name)
+    obj = None if reg else import_fn(fn)
     spec = LossSpec(name, fn, dict(args), reg.updates_weights if reg else True, obj)
     try:
         spec.make()
     except TypeError as e:  # wrong constructor / factory keywords
-        raise UserError(f"loss {name!r}: {fn} cannot be built with args {dict(args)}: {e}") from e
+        raise UserError(f"{fn} cannot be built with args {dict(args)}: {e}") from e
     return spec

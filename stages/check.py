@@ -46,7 +46,7 @@ def main_check(params_path, out):
         try:
             spec = resolve(name, j.fn, j.args)
         except UserError as e:
-            raise UserError(f"{key(params_path, params, name)}: {e}") from e
+            raise UserError(f"{key(params_path, params, name)} ({j.fn}): {e}") from e
         loss = {"loss": name, "fn": j.fn, "args": j.args, "source": source(j.fn)}
         for device in params.train.devices:
             if device not in missing:

@@ -11,12 +11,14 @@ from lossbench import compare
 from tests.conftest import ROOT
 
 BASE = {
+    "passed": True,
+    "failures": 0,
     "platform": {"cpu": {"cpu": "CPU X", "gpu": None, "torch": "2.14.1", "cuda": None, "python": "3.11", "threads": 2}},
     "configs": {
         "torch_mse-cpu": {"loss": "torch_mse", "device": "cpu", "verdict": "reference", "passed": True,
-                          "max_abs_diff": 0.0, "median_step_ms": 5.0},
+                          "max_abs_diff": 0.0, "median_step_ms": 5.0, "reference": None},
         "numpy_mse-cpu": {"loss": "numpy_mse", "device": "cpu", "verdict": "equal", "passed": True,
-                          "max_abs_diff": 3e-6, "median_step_ms": 5.2},
+                          "max_abs_diff": 3e-6, "median_step_ms": 5.2, "reference": "torch_mse"},
         "numpy_mse-cuda": {"loss": "numpy_mse", "device": "cuda", "verdict": "not run", "passed": True},
     },
 }
@@ -33,7 +35,9 @@ def repo(tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     # the code under test is the working tree's, committed or not
-    for name in ("Makefile", "params.yaml", "stages/compare.py", "stages/config.py", "stages/losses.py"):
+    for name in ("Makefile", "params.yaml", "lossbench/__init__.py", "lossbench/compare.py", "lossbench/config.py",
+                 "lossbench/losses.py", "lossbench/errors.py"):
+        (clone / name).parent.mkdir(exist_ok=True)
         (clone / name).write_text((ROOT / name).read_text())
     git(clone, "add", "-A")
     git(clone, "commit", "-qm", "working tree", "--allow-empty")
@@ -88,6 +92,37 @@ def test_worse_verdict_fails(repo):
     assert out.returncode != 0
     assert "numpy_mse-cpu: verdict got worse: equal (pass) -> differs (FAIL)" in out.stderr
     assert "| max |diff|" in out.stdout.replace("max \\|diff\\|", "max |diff|")
+
+
+def test_a_failing_configuration_new_at_b_fails(repo):
+    a = commit_metrics(repo, BASE, "a")
+    m = json.loads(json.dumps(BASE))
+    m["configs"]["mine-cpu"] = {"loss": "mine", "device": "cpu", "verdict": "differs", "expected": "equal",
+                                "passed": False, "reference": "torch_mse"}
+    m.update(passed=False, failures=1)
+    b = commit_metrics(repo, m, "b")
+    out = run_make(repo, a, b)
+    assert out.returncode != 0
+    assert "mine-cpu: new at B, and it fails: differs, expected equal" in out.stderr
+    assert "B's report fails (passed: false, 1 failure(s); passed at A)" in out.stderr
+
+
+def test_overall_flag_turning_false_fails_even_when_every_row_passes(repo):
+    a = commit_metrics(repo, BASE, "a")
+    m = json.loads(json.dumps(BASE))
+    m.update(passed=False, failures=1)  # e.g. a cross-device failure, which no configuration row carries
+    b = commit_metrics(repo, m, "b")
+    out = run_make(repo, a, b)
+    assert out.returncode != 0 and "B's report fails (passed: false, 1 failure(s); passed at A)" in out.stderr
+
+
+def test_changed_reference_fails_and_says_so(repo):
+    a = commit_metrics(repo, BASE, "a")
+    b = commit_metrics(repo, changed(**{"numpy_mse-cpu": {"reference": "module_mse"}}), "b")
+    out = run_make(repo, a, b)
+    assert out.returncode != 0
+    assert "numpy_mse-cpu: reference changed: torch_mse -> module_mse (its verdicts are not comparable)" in out.stderr
+    assert "CHANGED" in out.stdout
 
 
 def test_workspace_is_the_default_b(repo):

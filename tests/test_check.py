@@ -1,0 +1,89 @@
+"""The check stage: every bad input is one line naming file, key and value, before anything is written."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lossbench.config import ParamsError
+from stages import check
+from tests.conftest import ROOT, small_params
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a GPU: the no-GPU path is not testable")
+
+
+def run_check(tmp_path, capsys, **train):
+    params = small_params(tmp_path / "params.yaml", **train)
+    out = tmp_path / "check"
+    with pytest.raises(SystemExit) as e:
+        check.main(["--params", str(params), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one line, no traceback
+    assert not out.exists()  # nothing written
+    return e.value.code, err[0]
+
+
+def test_writes_one_file_per_configuration_with_loss_source_and_platform(tmp_path, monkeypatch):
+    monkeypatch.delenv("LOSSBENCH_REQUIRE_DEVICES", raising=False)
+    params = small_params(tmp_path / "params.yaml", losses=["torch_l1", "numpy_l1"], devices=["cpu", "cuda"])
+    check.main(["--params", str(params), "--out", str(tmp_path / "check")])
+    files = sorted(p.name for p in (tmp_path / "check").iterdir())
+    assert files == ["numpy_l1-cpu.json", "numpy_l1-cuda.json", "torch_l1-cpu.json", "torch_l1-cuda.json"]
+    rec = json.loads((tmp_path / "check" / "numpy_l1-cpu.json").read_text())
+    assert rec["fn"] == "losses.examples:NumpyL1" and rec["args"] == {} and rec["available"] is True
+    assert list(rec["source"]["files"]) == ["losses/examples.py"]
+    assert rec["platform"]["versions"]["torch"] == torch.__version__
+    cuda = json.loads((tmp_path / "check" / "numpy_l1-cuda.json").read_text())
+    assert cuda["available"] is torch.cuda.is_available() and (cuda["reason"] is None) is cuda["available"]
+
+
+@pytest.mark.parametrize("train, code, line", [
+    ({"losses": ["torch_mse", "nosuch.module:f"]}, 2,
+     "check: {p}: train.losses: 'nosuch.module:f' (nosuch.module:f): cannot import module 'nosuch.module' "
+     "(No module named 'nosuch')"),
+    ({"losses": ["torch_mse", "lossbench.losses:nope"]}, 2,
+     "check: {p}: train.losses: 'lossbench.losses:nope' (lossbench.losses:nope): module 'lossbench.losses' "
+     "has no attribute 'nope'"),
+    ({"devices": ["cpu", "tpu"]}, 2, "check: {p}: train.devices.1: Input should be 'cpu' or 'cuda' (got 'tpu')"),
+    ({"lr": "fast"}, 2, "check: {p}: train.lr: Input should be a valid number (got 'fast')"),
+    ({"losses": ["torch_mse", "numpy_l1"]}, 2,
+     "check: {p}: train.losses: 'numpy_l1' is compared with 'torch_l1' (losses.numpy_l1.reference), which is not "
+     "in train.losses ['torch_mse', 'numpy_l1']: add it"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, train, code, line):
+    got_code, err = run_check(tmp_path, capsys, **train)
+    assert (got_code, err) == (code, line.format(p=tmp_path / "params.yaml"))
+
+
+def test_a_loss_that_returns_a_vector_is_stopped_with_its_key(tmp_path, capsys, monkeypatch):
+    (tmp_path / "bad_losses.py").write_text("def per_pixel(a, b):\n    return (a - b) ** 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, err = run_check(tmp_path, capsys, losses=["torch_mse", "bad_losses:per_pixel"])
+    assert code == 2 and err.endswith("train.losses: 'bad_losses:per_pixel' (bad_losses:per_pixel) on cpu: the loss "
+                                      "returned shape (4, 784), expected a scalar (shape ()): reduce it, e.g. .mean()")
+
+
+@NO_GPU
+def test_require_devices_stops_with_exit_3(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LOSSBENCH_REQUIRE_DEVICES", "1")
+    code, err = run_check(tmp_path, capsys, devices=["cpu", "cuda"])
+    assert code == 3 and err.startswith(f"check: {tmp_path / 'params.yaml'}: train.devices: 'cuda' cannot run here "
+                                        "and LOSSBENCH_REQUIRE_DEVICES=1: ")
+
+
+def test_debug_keeps_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSBENCH_DEBUG", "1")
+    params = small_params(tmp_path / "params.yaml", epochs=0)
+    with pytest.raises(ParamsError, match="train.epochs: Input should be greater than 0"):
+        check.main(["--params", str(params), "--out", str(tmp_path / "check")])
+
+
+def test_runs_as_a_module(tmp_path):
+    """As DVC runs it: a fresh process."""
+    params = small_params(tmp_path / "params.yaml")
+    out = subprocess.run([sys.executable, "-m", "stages.check", "--params", str(params), "--out", str(tmp_path / "c")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "check: 6 losses x 1 devices ok" in out.stderr
