@@ -1,26 +1,41 @@
-"""End to end: `dvc repro` in a fresh copy of the repository, on real MNIST."""
+"""End to end: `dvc repro` in a fresh copy of the repository, on real MNIST.
+
+The tests share one repository and run in file order: the first ones read the
+default pipeline's results; the later ones change it (a user's loss added,
+broken, fixed; bad params; the example losses) and say what DVC re-ran.
+"""
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from lossbench.config import load_params
 from tests.conftest import ROOT, copy_tree
 
 pytestmark = pytest.mark.slow
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a GPU: the no-GPU path is not testable")
 
 
-def sh(cmd, cwd, env=None):
+def sh(cmd, cwd, env=None, ok=True):
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=True)
-    assert out.returncode == 0, f"{cmd} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
-    return out.stdout + out.stderr
+    if ok:
+        assert out.returncode == 0, f"{cmd} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
+    return out.stdout + out.stderr if ok else out
+
+
+def ran(log):
+    """The stages DVC ran (not skipped, not restored from its run-cache)."""
+    return sorted(set(re.findall(r"Running stage '([^']+)'", log)))
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +49,28 @@ def repo(tmp_path_factory, mirror):
             and (not f.startswith("data/") or f.endswith(".gitignore"))]
     copy_tree(ROOT, dst, keep)
     env = {**os.environ, "MNIST_MIRROR": str(mirror), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("LOSSBENCH_REQUIRE_DEVICES", None)
-    sh("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init", dst)
+    for var in ("LOSSBENCH_REQUIRE_DEVICES", "LOSSBENCH_DEBUG"):
+        env.pop(var, None)
+    sh("git init -q && git config user.name t && git config user.email t@t && git add -A && git commit -qm init",
+       dst)
     log = sh("dvc repro", dst, env)
     return dst, env, log
 
 
+def metrics(root):
+    return json.loads((root / "reports" / "metrics.json").read_text())
+
+
+def edit_params(root, fn):
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    fn(p)
+    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+
+
 def test_repro_trains_every_configuration(repo):
-    root, _, _ = repo
+    root, _, log = repo
     params = load_params(root / "params.yaml")
+    assert ran(log)[0] == "check" and log.index("Running stage 'check'") < log.index("Running stage 'train@")
     for loss in params.train.losses:
         run = json.loads((root / "data" / "runs" / f"{loss}-cpu" / "run.json").read_text())
         steps = pd.read_csv(root / "data" / "runs" / f"{loss}-cpu" / "steps.csv")
@@ -55,13 +83,18 @@ def test_repro_trains_every_configuration(repo):
 
 def test_report_verdicts_on_real_mnist(repo):
     root, _, _ = repo
-    m = json.loads((root / "reports" / "metrics.json").read_text())
+    m = metrics(root)
     c = m["configs"]
     assert m["passed"] is True
-    assert {l: c[f"{l}-cpu"]["verdict"] for l in ("functional_mse", "module_mse", "numpy_mse", "numpy_detached")} == {
-        "functional_mse": "equal", "module_mse": "equal", "numpy_mse": "equal", "numpy_detached": "differs"}
+    assert {l: c[f"{l}-cpu"]["verdict"] for l in
+            ("functional_mse", "module_mse", "numpy_mse", "numpy_detached", "wrong_backward")} == {
+        "functional_mse": "equal", "module_mse": "equal", "numpy_mse": "equal", "numpy_detached": "differs",
+        "wrong_backward": "differs"}
     assert c["numpy_mse-cpu"]["max_abs_diff"] <= m["tolerance"]["same_device"]["atol"]
-    assert c["numpy_detached-cpu"]["weights_changed"] is False
+    assert c["numpy_mse-cpu"]["grad_within"] is True
+    assert c["numpy_detached-cpu"]["weights_changed"] is False and c["numpy_detached-cpu"]["grad_factor"] == 0
+    # the gradient check names the culprit at step 1, where the trajectory alone says nothing yet
+    assert c["wrong_backward-cpu"]["grad_summary"].startswith("step 1: every gradient is 2.000x the reference's")
     if not torch.cuda.is_available():
         assert c["numpy_mse-cuda"]["verdict"] == "not run"
         assert "## Not run" in (root / "reports" / "report.md").read_text()
@@ -80,15 +113,93 @@ def test_metrics_and_plots_are_visible_to_dvc(repo):
 
 def test_second_repro_retrains_nothing(repo):
     root, env, _ = repo
-    log = sh("dvc repro", root, env)
-    assert "Running stage 'platform'" in log  # always re-checked...
-    assert "Running stage 'train@" not in log and "Running stage 'report'" not in log  # ...nothing else re-runs
+    assert ran(sh("dvc repro", root, env)) == ["check"]  # re-checked every time; nothing else re-runs
 
 
-def test_repro_regenerates_a_deleted_picture(repo):
+def test_lr_written_1e_3_is_the_same_float_to_dvc_and_to_us(repo):
     root, env, _ = repo
-    (root / "reports" / "step-time.png").unlink()
+    text = (root / "params.yaml").read_text()
+    (root / "params.yaml").write_text(text.replace("lr: 1.0e-3", "lr: 1e-3"))
+    try:
+        assert ran(sh("dvc repro", root, env)) == ["check"]  # accepted, and nothing retrains
+    finally:
+        (root / "params.yaml").write_text(text)
+
+
+@NO_GPU
+def test_require_devices_stops_a_cached_workspace(repo):
+    root, env, _ = repo
+    out = sh("dvc repro", root, {**env, "LOSSBENCH_REQUIRE_DEVICES": "1"}, ok=False)
+    assert out.returncode != 0 and ran(out.stdout + out.stderr) == ["check"]
+    assert "check: params.yaml: train.devices: 'cuda' cannot run here and LOSSBENCH_REQUIRE_DEVICES=1" in out.stderr
+
+
+@pytest.mark.parametrize("edit, line", [
+    (lambda p: p["train"]["losses"].append("nosuch.module:f"),
+     "check: params.yaml: train.losses: 'nosuch.module:f' (nosuch.module:f): cannot import module 'nosuch.module'"),
+    (lambda p: p["train"]["devices"].append("tpu"),
+     "check: params.yaml: train.devices.2: Input should be 'cpu' or 'cuda' (got 'tpu')"),
+    (lambda p: p["train"].update(epochs=0), "check: params.yaml: train.epochs: Input should be greater than 0"),
+])
+def test_bad_input_stops_in_seconds_before_any_output_is_deleted(repo, edit, line):
+    root, env, _ = repo
+    text = (root / "params.yaml").read_text()
+    before = (root / "data" / "runs" / "numpy_mse-cpu" / "steps.csv").read_bytes()
+    edit_params(root, edit)
+    try:
+        t0 = time.perf_counter()
+        out = sh("dvc repro", root, env, ok=False)
+        seconds = time.perf_counter() - t0
+    finally:
+        (root / "params.yaml").write_text(text)
+    assert out.returncode != 0 and ran(out.stdout + out.stderr) == ["check"], out.stdout
+    assert line in out.stderr and "Traceback" not in out.stderr
+    assert (root / "data" / "runs" / "numpy_mse-cpu" / "steps.csv").read_bytes() == before
+    print(f"stopped after {seconds:.1f} s")
+
+
+MINE = "def my_mse(input, target):\n    return ((input - target) ** 2).mean(){bug}\n"
+
+
+def test_a_users_loss_is_a_dependency(repo):
+    """Add a loss: only its configurations train. Break it: only they re-run, and the verdict follows. Fix it."""
+    root, env, _ = repo
+    (root / "losses" / "mine.py").write_text(MINE.format(bug=""))
+
+    def add(p):
+        p["train"]["losses"].append("mine")
+        p["losses"]["mine"] = {"fn": "losses.mine:my_mse"}
+
+    edit_params(root, add)
     log = sh("dvc repro", root, env)
-    assert "Running stage 'report'" in log and "Running stage 'train@" not in log
-    with Image.open(root / "reports" / "step-time.png") as img:
-        img.verify()
+    assert ran(log) == ["check", "report", "train@mine-cpu", "train@mine-cuda"]
+    assert metrics(root)["configs"]["mine-cpu"]["verdict"] == "equal"
+    src = json.loads((root / "data" / "runs" / "mine-cpu" / "run.json").read_text())["loss_source"]
+    assert list(src["files"]) == ["losses/mine.py"]
+
+    (root / "losses" / "mine.py").write_text(MINE.format(bug=" * 2"))  # a bug: the loss (and gradient) doubled
+    out = sh("dvc repro", root, env, ok=False)
+    assert out.returncode != 0 and ran(out.stdout + out.stderr) == ["check", "report", "train@mine-cpu",
+                                                                    "train@mine-cuda"]
+    assert "mine-cpu: expected equal to torch_mse-cpu, but step 1: every gradient is 2.000x" in out.stderr
+    assert metrics(root)["configs"]["mine-cpu"]["passed"] is False
+
+    (root / "losses" / "mine.py").write_text(MINE.format(bug=""))  # fixed: back to a PASS, nothing else trains
+    log = sh("dvc repro", root, env)
+    assert [s for s in ran(log) if s.startswith("train@") and not s.startswith("train@mine")] == []
+    assert metrics(root)["passed"] is True and metrics(root)["configs"]["mine-cpu"]["verdict"] == "equal"
+
+
+def test_example_losses_equal_their_references_through_dvc_exp_run(repo):
+    root, env, _ = repo
+    sh("git add -A && git commit -qm 'state after the tests above'", root)
+    losses = "[torch_l1,numpy_l1,huber_ref,numpy_huber,torch_bce,numpy_bce]"
+    log = sh(f"dvc exp run -S 'train.losses={losses}' -S 'train.devices=[cpu]' -S train.repeats=1", root, env)
+    assert "Running stage 'train@numpy_huber-cpu'" in log
+    c = metrics(root)["configs"]
+    for cand, ref in (("numpy_l1", "torch_l1"), ("numpy_huber", "huber_ref"), ("numpy_bce", "torch_bce")):
+        row = c[f"{cand}-cpu"]
+        assert (row["reference"], row["verdict"], row["passed"]) == (ref, "equal", True), row
+        assert row["grad_max_rel_err"] == 0.0  # each backward follows torch's formula: bitwise equal gradients
+        print(f"{cand}: max |diff| {row['max_abs_diff']:.3g}, bitwise-equal steps {row['bitwise_equal_steps']}")
+    assert metrics(root)["passed"] is True
