@@ -19,11 +19,12 @@ from pathlib import Path
 import pandas as pd
 
 from lossbench.config import load_params
+from lossbench.errors import UserError, run
 
 METRICS = "reports/metrics.json"
 
 
-class CompareError(RuntimeError):
+class CompareError(UserError):
     pass
 
 
@@ -103,18 +104,19 @@ def main(argv=None):
     p.add_argument("--factor", type=float, help="override compare.cost_factor")
     p.add_argument("--repo", default=".")
     args = p.parse_args(argv)
+    run(lambda: compare(args), "compare")
+
+
+def compare(args):
     factor = args.factor or load_params(Path(args.repo) / args.params).compare.cost_factor
-    try:
-        a, b = read_metrics(args.a, args.repo), read_metrics(args.b, args.repo)
-    except CompareError as e:
-        sys.exit(f"compare: {e}")
+    a, b = read_metrics(args.a, args.repo), read_metrics(args.b, args.repo)
     tables, problems = diff(a, b, factor)
     print(f"A = {args.a}, B = {args.b or 'workspace'}; cost factor {factor:g}")
     for name, table in tables.items():
         print(f"\n{name}\n{table.to_markdown()}")
     if problems:
-        sys.exit("\ncompare: worse at B:\n  " + "\n  ".join(problems))
-    print("\ncompare: nothing got worse")
+        sys.exit("\ncompare: B fails the gate:\n  " + "\n  ".join(problems))
+    print("\ncompare: nothing got worse, and B passes")
 
 
 if __name__ == "__main__":

@@ -282,7 +282,8 @@ def markdown(params, res, images):
     notrun = rows[rows["status"] != "ran"]
     if not notrun.empty:
         lines += ["## Not run", ""]
-        lines += [f"- **{r.loss}-{r.device}**: {r.reason}" for r in notrun.itertuples()]
+        for (device, reason), group in notrun.groupby(["device", "reason"], sort=False):
+            lines.append(f"- **{device}** ({', '.join(group['loss'])}): {reason}")
         lines.append("")
     ran = rows[rows["status"] == "ran"].copy()
     if not ran.empty:

@@ -211,7 +211,7 @@ def test_main_writes_report_metrics_plots_and_pictures(work):
     md = (out / "report.md").read_text()
     summary = md[: md.index("## Details")]
     assert "**Result: PASS**" in summary and "## Not run" in summary and "## Cost" in summary
-    assert "numpy_mse-cuda**: no GPU in this test" in summary
+    assert "- **cuda** (torch_mse, functional_mse, module_mse, numpy_mse, numpy_detached, wrong_backward): no GPU in this test" in summary
     m = json.loads((out / "metrics.json").read_text())
     assert m["passed"] is True and m["configs"]["numpy_detached-cpu"]["verdict"] == "differs"
     assert "cpu" in m["platform"]
