@@ -220,11 +220,12 @@ def draw(tables, res, params, out):
         loss.plot(ax=ax, lw=1)
         ax.set(title=f"Loss per step ({device})", xlabel="global step", ylabel="loss")
         paths.append(_save(fig, out / f"loss-{device}.png"))
-        fig, ax = plt.subplots(figsize=(7, 3.8), dpi=80)
+        fig, ax = plt.subplots(figsize=(9.5, 3.8), dpi=80)
         candidates = [n for n in diff.columns if plan[n].reference is not None]
         for name in candidates:
             # bitwise-equal steps (diff 0) cannot sit on a log axis: left out
-            ax.plot(diff.index, diff[name].where(diff[name] > 0), lw=1, label=f"{name} vs {plan[name].reference}")
+            label = f"{name} vs {plan[name].reference}" + (" (bitwise equal: no line)" if (diff[name] == 0).all() else "")
+            ax.plot(diff.index, diff[name].where(diff[name] > 0), lw=1, label=label)
         for ref in sorted({plan[n].reference for n in candidates}):
             bound = tol.atol + tol.rtol * loss[ref].abs()
             ax.plot(bound.index, bound, color="black", ls="--", lw=1,
@@ -232,7 +233,7 @@ def draw(tables, res, params, out):
         ax.set_yscale("log")
         ax.set(title=f"|loss - its reference| per step ({device})", xlabel="global step",
                ylabel="|diff| (zeros not drawn)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes: never over data
         paths.append(_save(fig, out / f"absdiff-{device}.png"))
     ran = pd.DataFrame([r for r in res.configs.values() if "median_step_ms" in r])
     if not ran.empty:
