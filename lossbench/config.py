@@ -65,7 +65,7 @@ class LossDef(Strict):
 
     fn: str
     args: dict[str, Any] = {}
-    reference: str | None = None  # default: report.reference (or none, if other losses name this one)
+    reference: str | None = None  # default: report.reference; none for a reference (named by another loss, or torch_*)
     expect: Expectation | None = None  # default: the registered loss's, else equal
 
     @field_validator("fn")
@@ -146,7 +146,8 @@ class Params(Strict):
         for name, d in defs.items():
             reg = REGISTRY.get(d.fn)
             ref = d.reference
-            if ref is None and name not in referenced and name != self.report.reference:
+            is_reference = name in referenced or name == self.report.reference or (reg and reg.reference)
+            if ref is None and not is_reference:
                 ref = self.report.reference
             out[name] = Judged(name=name, fn=d.fn, args=d.args, reference=ref if ref != name else None,
                                expect=d.expect or (reg.expect if reg else "equal"))

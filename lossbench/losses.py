@@ -31,25 +31,26 @@ class Registered:
     make: Callable[..., Callable]  # keyword args -> a fresh loss callable
     expect: str = "equal"  # what the report expects against its reference
     updates_weights: bool = True  # False only for a detached negative control
+    reference: bool = False  # a reference: judged against nothing unless given one
 
 
 REGISTRY: dict[str, Registered] = {}
 
 
-def register(name, expect="equal", updates_weights=True):
+def register(name, expect="equal", updates_weights=True, reference=False):
     def deco(make):
-        REGISTRY[name] = Registered(make, expect, updates_weights)
+        REGISTRY[name] = Registered(make, expect, updates_weights, reference)
         return make
 
     return deco
 
 
 # References: torch's own reconstruction losses that fit a sigmoid output and targets in [0, 1].
-register("torch_mse")(nn.MSELoss)
-register("torch_l1")(nn.L1Loss)
-register("torch_smooth_l1")(nn.SmoothL1Loss)
-register("torch_huber")(nn.HuberLoss)
-register("torch_bce")(nn.BCELoss)
+register("torch_mse", reference=True)(nn.MSELoss)
+register("torch_l1", reference=True)(nn.L1Loss)
+register("torch_smooth_l1", reference=True)(nn.SmoothL1Loss)
+register("torch_huber", reference=True)(nn.HuberLoss)
+register("torch_bce", reference=True)(nn.BCELoss)
 
 
 @register("functional_mse")

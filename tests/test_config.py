@@ -46,7 +46,7 @@ def test_repo_params_load():
     ("train.epoch", 2, r"train.epoch: Extra inputs are not permitted"),
     ("train.losses", ["torch_mse", "torch_mse"], r"duplicate entries \['torch_mse'\]"),
     ("train.loader", "fast", r"train.loader: Input should be 'preloaded' or 'dataloader'"),
-    ("report.reference", "numpy_mse_x", r"train.losses: 'torch_mse' is compared with 'numpy_mse_x' "
+    ("report.reference", "numpy_mse_x", r"train.losses: 'functional_mse' is compared with 'numpy_mse_x' "
                                         r"\(report.reference\), which is not in train.losses"),
     ("losses.numpy_l1.reference", "torch_l1", None),  # defined, not trained: nothing to check against
     ("losses.mine", {"fn": "nosuch"}, r"losses.mine.fn: unknown loss 'nosuch': expected a registered loss or "
@@ -87,6 +87,15 @@ def test_user_loss_syntax_is_accepted():
     params = parse_params(with_("train.losses", ["torch_mse", "mypkg.losses:MyLoss"]))
     assert params.train.losses[1] == "mypkg.losses:MyLoss"
     assert params.plan()["mypkg.losses:MyLoss"].reference == "torch_mse"
+
+
+def test_a_shipped_reference_is_a_reference_unless_given_one():
+    plan = parse_params(with_("train.losses", ["torch_mse", "torch_l1", "torch_bce"])).plan()
+    assert plan["torch_l1"].reference is None and plan["torch_bce"].reference is None
+    data = with_("train.losses", ["torch_mse", "torch_l1"])
+    data["losses"]["torch_l1_vs_mse"] = {"fn": "torch_l1", "reference": "torch_mse", "expect": "differs"}
+    data["train"]["losses"].append("torch_l1_vs_mse")
+    assert parse_params(data).plan()["torch_l1_vs_mse"].reference == "torch_mse"
 
 
 def test_a_reference_with_arguments_and_a_chain():
