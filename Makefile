@@ -16,7 +16,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
 	touch $@
 
-repro: $(STAMP)  ## run the pipeline (dvc repro): download, platform, train matrix, report
+repro: $(STAMP)  ## run the pipeline (dvc repro): check, download, train matrix, report
+	$(BIN)/python -m lossbench.config params.yaml  # one line per bad key, before DVC reads the file
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: $(STAMP)  ## run the test suite

@@ -79,6 +79,7 @@ def diff(a, b, factor):
              "B / A": ["", "", _num(ratio, ".2f") + (f" ({note})" if note else ""), "same" if same else "DIFFERENT"]},
             index=["verdict", "max |diff|", "median step (ms)", "platform"])
         tables[name].loc["reference"] = [ca.get("reference") or "-", cb.get("reference") or "-",
+                                         "new at B" if not ca else "absent at B" if not cb else
                                          "same" if ca.get("reference") == cb.get("reference") else "CHANGED"]
     if b.get("passed") is False:
         was = "passed at A" if a.get("passed") else "failed at A too"

@@ -6,6 +6,7 @@ out-of-range values fail with the file, the dotted key, the value and what was
 expected.
 """
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from lossbench.errors import UserError
+from lossbench.errors import UserError, run
 from lossbench.losses import REGISTRY, USER_LOSS
 
 Device = Literal["cpu", "cuda"]
@@ -129,7 +130,12 @@ class Params(Strict):
         for name in self.train.losses:
             if name not in self.losses and name not in REGISTRY and not USER_LOSS.match(name):
                 raise ValueError(f"train.losses: unknown loss {name!r}: expected {FN_HELP}, or a name "
-                                 f"defined under `losses:` (defined: {sorted(self.losses)})")
+                                 f"defined under losses: (defined: {sorted(self.losses)})")
+        for name, d in self.losses.items():  # defined, trained or not: a typo is caught now
+            if d.reference and not (d.reference in self.losses or d.reference in REGISTRY
+                                    or d.reference in self.train.losses):
+                raise ValueError(f"losses.{name}.reference: unknown loss {d.reference!r}: expected a registered "
+                                 f"loss, a name defined under losses: or one in train.losses")
         for name, j in self.plan().items():
             if j.reference is not None and j.reference not in self.train.losses:
                 own = name in self.losses and self.losses[name].reference
@@ -154,6 +160,11 @@ class Params(Strict):
         return out
 
 
+def _short(value, width=60):
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 5] + " ...}"[: 4 + (text[0] in "{[")]
+
+
 class ParamsError(UserError):
     pass
 
@@ -166,7 +177,7 @@ def parse_params(data, source="params.yaml"):
         parts = []
         for err in e.errors():
             key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            got = "" if err["type"] == "missing" or not err["loc"] else f" (got {err['input']!r})"
+            got = "" if err["type"] == "missing" or not err["loc"] else f" (got {_short(err['input'])})"
             msg = err["msg"].removeprefix("Value error, ")
             parts.append(f"{key}: {msg}{got}" if err["loc"] else msg)
         raise ParamsError(f"{source}: " + "; ".join(parts)) from None
@@ -181,3 +192,17 @@ def load_params(path="params.yaml"):
     except YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     return parse_params(data, source=str(path))
+
+
+def main(argv=None):
+    """``python -m lossbench.config [params.yaml]``: validate, before DVC reads the file (``make repro``).
+
+    DVC itself fails on a params.yaml its dvc.yaml cannot expand (``train.losses`` missing, ``devices: cpu``),
+    with messages that name neither key nor fix; this says which key, in one line.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    run(lambda: load_params(argv[0] if argv else "params.yaml"), "params")
+
+
+if __name__ == "__main__":
+    main()

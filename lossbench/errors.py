@@ -2,6 +2,8 @@
 
 import os
 import sys
+import traceback
+from pathlib import Path
 
 DEBUG = "LOSSBENCH_DEBUG"
 
@@ -17,7 +19,28 @@ def run(main, prog):
     try:
         return main()
     except UserError as e:
-        if os.environ.get(DEBUG) == "1":
+        if debugging():
             raise
         print(f"{prog}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+
+
+def debugging():
+    return os.environ.get(DEBUG) == "1"
+
+
+def raised(e):
+    """``ValueError: message (at losses/mine.py:17)``: the exception and the user's line that raised it.
+
+    The line is the innermost frame outside torch, NumPy and lossbench itself, relative to the
+    working directory when it lies inside it.
+    """
+    here = Path.cwd().resolve()
+    lib = Path(__file__).resolve().parent
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if "site-packages" not in f.filename and not Path(f.filename).resolve().is_relative_to(lib)]
+    where = ""
+    if frames:
+        path = Path(frames[-1].filename).resolve()
+        where = f" (at {path.relative_to(here) if path.is_relative_to(here) else path}:{frames[-1].lineno})"
+    return f"{type(e).__name__}: {e}{where}"

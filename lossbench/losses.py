@@ -136,8 +136,9 @@ class LossSpec:
         obj = self.obj
         if isinstance(obj, type) and issubclass(obj, torch.autograd.Function):
             if self.args:
-                raise UserError(f"args {self.args} given, but {self.fn} is an "
-                                "autograd.Function, which takes no constructor arguments")
+                raise UserError(f"args {self.args} given, but {self.fn} is an autograd.Function, which takes no "
+                                "constructor arguments: wrap it in an nn.Module whose __init__ takes them and whose "
+                                "forward calls .apply(input, target, ...), as losses/examples.py NumpyHuber does")
             return obj.apply
         if isinstance(obj, type):
             return obj(**self.args)  # an nn.Module (or any class)

@@ -14,8 +14,10 @@ from types import ModuleType
 
 import torch
 
+from lossbench.errors import debugging, raised
 from lossbench.losses import REGISTRY, not_scalar
 
+DETACHED = "the loss is not connected to the input's graph"
 DETACHED_HINT = ("no gradient would reach the model (a NumPy result wrapped in a new tensor? "
                  "compute it inside a torch.autograd.Function with a backward)")
 
@@ -27,27 +29,31 @@ def preflight(spec, device):
     t = torch.rand(4, 784, generator=g).to(device)  # targets in [0, 1]
     try:
         loss = spec.make()(x, t)
-    except Exception as e:  # user code: report, never a traceback
-        return f"raised {type(e).__name__}: {e}"
+    except Exception as e:  # user code: one line naming its own file and line; the traceback behind LOSSBENCH_DEBUG
+        if debugging():
+            raise
+        return f"the loss raised {raised(e)}"
     problem = not_scalar(loss)
     if problem:
-        return problem
+        return f"the loss {problem}"
     if loss.dtype != x.dtype:
-        return f"returned {loss.dtype}, expected {x.dtype} (the input's dtype)"
+        return f"the loss returned {loss.dtype}, expected {x.dtype} (the input's dtype)"
     if loss.device != x.device:
-        return f"returned a tensor on {loss.device}, expected {x.device} (the input's device)"
+        return f"the loss returned a tensor on {loss.device}, expected {x.device} (the input's device)"
     if not torch.isfinite(loss):
-        return f"returned {loss.item()}, expected a finite value"
+        return f"the loss returned {loss.item()}, expected a finite value"
     grad = None
     if loss.requires_grad:
         try:
             (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
         except Exception as e:  # a user's backward
-            return f"its backward raised {type(e).__name__}: {e}"
+            if debugging():
+                raise
+            return f"the loss's backward raised {raised(e)}"
     if grad is None:
-        return f"is not connected to the input's graph: {DETACHED_HINT}"
+        return f"{DETACHED}: {DETACHED_HINT}"
     if not torch.isfinite(grad).all():
-        return "its backward gives non-finite gradients"
+        return "the loss's backward gives non-finite gradients"
     return None
 
 
@@ -57,8 +63,8 @@ def check(spec, device):
     if spec.updates_weights:
         return problem
     if problem is None:
-        return "is declared detached (no gradient reaches the model), but its gradient reaches the input"
-    return None if problem.startswith("is not connected") else problem
+        return "the loss is declared detached (no gradient reaches the model), but its gradient reaches the input"
+    return None if problem.startswith(DETACHED) else problem
 
 
 def _sha256(path):

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from lossbench import data, determinism
-from lossbench.errors import UserError
+from lossbench.errors import UserError, raised
 from lossbench.losses import not_scalar
 from lossbench.io import atomic_path
 from lossbench.model import AutoEncoder
@@ -65,7 +65,7 @@ def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=No
             try:
                 loss = loss_fn(out, x)  # scalar
             except Exception as e:  # the loss under test is user code: say where it broke
-                raise RunError(f"{_at(label, epoch, step, len(rows) + 1)}: the loss raised {type(e).__name__}: {e}") from e
+                raise RunError(f"{_at(label, epoch, step, len(rows) + 1)}: the loss raised {raised(e)}") from e
             problem = not_scalar(loss)
             if problem:
                 raise RunError(f"{_at(label, epoch, step, len(rows) + 1)}: the loss {problem}")
@@ -73,7 +73,7 @@ def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=No
             try:
                 loss.backward()
             except Exception as e:  # a user's backward
-                raise RunError(f"{_at(label, epoch, step, len(rows) + 1)}: the loss's backward raised {type(e).__name__}: {e}") from e
+                raise RunError(f"{_at(label, epoch, step, len(rows) + 1)}: the loss's backward raised {raised(e)}") from e
             opt.step()
             value = loss.item()  # waits for the device, so t1 - t0 is the whole step
             t1 = time.perf_counter()

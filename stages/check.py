@@ -52,7 +52,7 @@ def main_check(params_path, out):
             if device not in missing:
                 problem = check(spec, device)
                 if problem:
-                    raise UserError(f"{key(params_path, params, name)} ({j.fn}) on {device}: the loss {problem}")
+                    raise UserError(f"{key(params_path, params, name)} ({j.fn}) on {device}: {problem}")
             records[f"{name}-{device}"] = {**loss, "config": f"{name}-{device}", "device": device,
                                            "available": device not in missing, "reason": reasons[device],
                                            "platform": platform}

@@ -123,7 +123,8 @@ def download(root, mirror, digests=SHA256):
             used[name] = base
             break
         else:
-            raise DownloadError(f"{name}.gz: no source could be reached:\n  " + "\n  ".join(errors))
+            raise DownloadError(f"{name}.gz: no source could be reached (offline? set {MIRROR_ENV} to a folder "
+                                "holding the four MNIST .gz files, or to an http(s) mirror):\n  " + "\n  ".join(errors))
     return used
 
 

@@ -9,6 +9,7 @@ interrupted or failed run leaves no steps.csv or run.json that looks complete.
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 from lossbench import determinism
@@ -37,6 +38,8 @@ def train_stage(check_path, params_path, root, out):
     }
     if not check["available"]:
         write_json(out / "run.json", {**record, "status": "unavailable", "reason": check["reason"]})
+        print(f"train: {check['config']}: not run ({check['device']} cannot run here; the check stage said why)",
+              file=sys.stderr)
         return
     spec = resolve(check["loss"], check["fn"], check["args"])
     steps, result, tensors = train_config(spec, check["device"], train, root, check["config"])

@@ -34,7 +34,7 @@ def test_repo_params_load():
 
 @pytest.mark.parametrize("key, value, message", [
     ("train.losses", ["torch_mse", "nope"], r"train.losses: unknown loss 'nope': expected a registered loss or "
-                                            r"'package.module:attr', or a name defined under `losses:`"),
+                                            r"'package.module:attr', or a name defined under losses:"),
     ("train.devices", ["cpu", "tpu"], r"train.devices.1: Input should be 'cpu' or 'cuda' \(got 'tpu'\)"),
     ("train.epochs", 0, r"train.epochs: Input should be greater than 0 \(got 0\)"),
     ("train.batch_size", -1, r"train.batch_size: Input should be greater than 0 \(got -1\)"),
@@ -55,6 +55,8 @@ def test_repo_params_load():
     ("losses.mine", {"fn": "a.b:c", "refrence": "x"}, r"losses.mine.refrence: Extra inputs are not permitted"),
     ("losses.torch_mse", {"fn": "a.b:c"}, r"losses: 'torch_mse' is a registered loss: give your definition "
                                           r"another name"),
+    ("losses.numpy_huber.reference", "huber_rf", r"losses.numpy_huber.reference: unknown loss 'huber_rf': "
+                                                 r"expected a registered loss, a name defined under losses:"),
     ("report.gradient.rtol", -1.0, r"report.gradient.rtol: Input should be greater than or equal to 0"),
     ("compare.cost_factor", 1.0, r"compare.cost_factor: Input should be greater than 1"),
     ("extra", {}, r"extra: Extra inputs are not permitted"),
@@ -112,3 +114,15 @@ def test_missing_and_broken_files_are_named(tmp_path):
     bad.write_text("train: [\n")
     with pytest.raises(ParamsError, match=r"bad.yaml: not valid YAML"):
         load_params(bad)
+
+
+def test_validate_before_dvc_reads_the_file(tmp_path):
+    """`make repro` runs this first: a params.yaml DVC cannot expand gets one line, not DVC's parse error."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "params.yaml"
+    bad.write_text((ROOT / "params.yaml").read_text().replace("  devices: [cpu, cuda]", "  devices: cpu"))
+    out = subprocess.run([sys.executable, "-m", "lossbench.config", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr == f"params: {bad}: train.devices: Input should be a valid list (got 'cpu')\n"

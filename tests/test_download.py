@@ -108,7 +108,7 @@ def test_unreachable_url_is_named(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/mnist/"
-    with pytest.raises(download.DownloadError, match=rf"no source could be reached:\n  cannot fetch {url}"):
+    with pytest.raises(download.DownloadError, match=rf"no source could be reached \(offline\? set MNIST_MIRROR .*\):\n  cannot fetch {url}"):
         download.download(tmp_path, url)
     assert_nothing_left(tmp_path)
 

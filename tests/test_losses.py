@@ -181,22 +181,28 @@ class _BadBackward(torch.autograd.Function):
     (lambda a, b: float(((a - b) ** 2).mean().detach()), "returned a float, expected a scalar tensor"),
     (lambda a, b: ((a - b) ** 2).mean().double(), "returned torch.float64, expected torch.float32"),
     (lambda a, b: ((a - b) ** 2).mean() * float("nan"), "returned nan, expected a finite value"),
-    (lambda a, b: ((a - b) * 0).sqrt().mean(), "its backward gives non-finite gradients"),  # d sqrt(0) = inf
-    (lambda a, b: a.sum(dim=5), "raised IndexError: Dimension out of range"),
+    (lambda a, b: ((a - b) * 0).sqrt().mean(), "the loss's backward gives non-finite gradients"),  # d sqrt(0) = inf
+    (lambda a, b: a.sum(dim=5), r"the loss raised IndexError: Dimension out of range.* \(at tests/test_losses.py:\d+\)$"),
     (_detached, "is not connected to the input's graph: no gradient would reach the model"),
-    (_BadBackward.apply, "its backward raised RuntimeError: forgot to save the inputs"),
+    (_BadBackward.apply, r"the loss's backward raised RuntimeError: forgot to save the inputs \(at tests/test_losses.py:\d+\)"),
 ])
 def test_preflight_names_what_is_wrong(fn, message):
     problem = preflight(Spec(fn), "cpu")
     assert problem is not None and re.search(message, problem), problem
 
 
+def test_debug_raises_the_users_own_exception(monkeypatch):
+    monkeypatch.setenv("LOSSBENCH_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="forgot to save the inputs"):
+        preflight(Spec(_BadBackward.apply), "cpu")
+
+
 def test_preflight_passes_every_shipped_loss_and_holds_the_detached_control_to_its_declaration():
     for name, reg in losses.REGISTRY.items():
         assert check(build(name), "cpu") is None, name
-    assert preflight(build("numpy_detached"), "cpu").startswith("is not connected")
-    assert check(Spec(_detached, updates_weights=True), "cpu").startswith("is not connected")
-    assert check(Spec(losses.NumpyMSE.apply, updates_weights=False), "cpu").startswith("is declared detached")
+    assert preflight(build("numpy_detached"), "cpu").startswith("the loss is not connected")
+    assert check(Spec(_detached, updates_weights=True), "cpu").startswith("the loss is not connected")
+    assert check(Spec(losses.NumpyMSE.apply, updates_weights=False), "cpu").startswith("the loss is declared detached")
     for fn, args, _ in EXAMPLES:
         assert check(build(fn, args), "cpu") is None
 
