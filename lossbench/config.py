@@ -53,7 +53,6 @@ class Train(Strict):
     loader: Literal["preloaded", "dataloader"]
     repeats: PosInt
     warmup_steps: Annotated[int, Field(ge=0)]
-    profile_steps: PosInt
 
     @field_validator("losses", "devices")
     @classmethod
@@ -93,6 +92,14 @@ class Report(Strict):
     gradient: Gradient
 
 
+class Cost(Strict):
+    # every loss of a device timed in turn, in one process: lossbench.timing
+    rounds: Annotated[int, Field(ge=2)]  # the interval needs at least two
+    steps: PosInt  # timed steps per loss per round
+    warmup_steps: Annotated[int, Field(ge=0)]  # untimed steps per loss before the first round
+    min_effect: Annotated[float, Field(ge=1)]  # a ratio is a difference only beyond this factor
+
+
 class Compare(Strict):
     # B/A median step time beyond this factor (either way) counts as a cost change
     cost_factor: Annotated[float, Field(gt=1)]
@@ -113,6 +120,7 @@ class Params(Strict):
     train: Train
     losses: dict[str, LossDef]
     report: Report
+    cost: Cost
     compare: Compare
 
     @field_validator("losses")

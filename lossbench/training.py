@@ -1,8 +1,8 @@
 """The tutorial's training loop, timed, with the evidence the report judges.
 
-Per configuration: ``repeats`` seeded runs (every step's loss and time), a
-separate per-phase timing pass, the step-1 gradient of every parameter, and the
-final weights. A loss that raises, returns a non-scalar or a non-finite value
+Per configuration: ``repeats`` seeded runs (every step's loss and time), the
+step-1 gradient of every parameter, and the final weights. (What a loss costs
+beside its reference is measured apart, all losses in turn: lossbench.timing.) A loss that raises, returns a non-scalar or a non-finite value
 stops the run with the configuration, repeat, epoch and step named.
 """
 
@@ -125,36 +125,6 @@ class Clock:
         return [b - a for a, b in zip(marks, marks[1:])]
 
 
-def profile_phases(make_loss, batches, device, steps, lr, seed):
-    """A separate, seeded timing pass: median seconds per phase over ``steps`` steps.
-
-    Kept apart from the measured runs so its marks never distort their totals.
-    """
-    determinism.seed_everything(seed)
-    model = AutoEncoder().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    loss_fn = make_loss()
-    clock = Clock(device)
-    times = []
-    while len(times) < steps:
-        for x in batches():
-            if len(times) == steps:
-                break
-            m = [clock.mark()]
-            out = model(x)
-            m.append(clock.mark())
-            loss = loss_fn(out, x)
-            m.append(clock.mark())
-            opt.zero_grad()
-            loss.backward()
-            m.append(clock.mark())
-            opt.step()
-            m.append(clock.mark())
-            times.append(clock.elapsed(m))
-    med = np.median(np.array(times), axis=0)  # (len(PHASES),)
-    return {"method": clock.method, "steps": steps, "median_seconds": dict(zip(PHASES, map(float, med)))}
-
-
 def step_stats(seconds, warmup):
     kept = np.asarray(seconds)[warmup:]
     return {"median": float(np.median(kept)), "p90": float(np.percentile(kept, 90))}
@@ -169,7 +139,7 @@ def make_batches(loader, root, device, batch_size):
 
 
 def train_config(spec, device, train, root, label):
-    """All repeats of one configuration, the timing pass and the gradient evidence.
+    """All repeats of one configuration and the gradient evidence.
 
     Returns (steps, run, tensors): tensors holds ``grads`` (step 1) and ``weights`` (final, repeat 1).
     """
@@ -187,7 +157,6 @@ def train_config(spec, device, train, root, label):
             if r == 1:
                 final = weights
     grads = first_step_gradients(spec.make, batches, device, train.seed)
-    phases = profile_phases(spec.make, batches, device, train.profile_steps, train.lr, train.seed)
     first = repeats[0]
     run = {
         "status": "ran",
@@ -198,7 +167,6 @@ def train_config(spec, device, train, root, label):
         "steps": n_steps,
         "warmup_steps_excluded": train.warmup_steps,
         "repeats": repeats,
-        "phases": phases,
     }
     return pd.concat(tables)[STEP_COLUMNS], run, {"grads": grads, "weights": final}
 

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lossbench import evidence  # noqa: E402
+from lossbench import evidence, timing  # noqa: E402
 from lossbench.config import load_params  # noqa: E402
 from lossbench.errors import UserError, run as run_main  # noqa: E402
 from lossbench.io import atomic_path, read_json, write_json, write_text  # noqa: E402
@@ -120,9 +120,29 @@ def platform_summary(p):
             "python": p["python"], "threads": p["torch_threads"]}
 
 
-def evaluate(params, runs):
+def cost_rows(params, costs):
+    """Per configuration that was timed: its cost ratio to its reference with a 95% interval, and its phases."""
+    plan, rows = params.plan(), {}
+    for device, c in costs.items():
+        if c["status"] != "ran":
+            continue
+        for loss, m in c["losses"].items():
+            ref = plan[loss].reference or loss
+            ratio, lo, hi = timing.ratio_ci(m["step_seconds"], c["losses"][ref]["step_seconds"])
+            phases = {p: [v * 1e3 for v in vals] for p, vals in m["phase_seconds"].items()}
+            rows[f"{loss}-{device}"] = {
+                "cost_ratio": ratio, "cost_ratio_low": lo, "cost_ratio_high": hi,
+                "cost": "reference" if ref == loss else timing.label(ratio, lo, hi, params.cost.min_effect),
+                "cost_step_ms": timing.mean_ci([v * 1e3 for v in m["step_seconds"]]),
+                "phases_ms": {p: timing.mean_ci(v) for p, v in phases.items()},
+            }
+    return rows
+
+
+def evaluate(params, runs, costs=None):
     """Every assertion, as data: metrics rows and a list of failure messages."""
     rp, train = params.report, params.train
+    timed = cost_rows(params, costs or {})
     plan = params.plan()
     res = Result()
     for (loss, device), run in runs.items():
@@ -136,7 +156,7 @@ def evaluate(params, runs):
             continue
         res.platforms.setdefault(device, platform_summary(run.info["platform"]))
         row.update(step_ms(run))
-        row["phases_ms"] = {k: v * 1e3 for k, v in run.info["phases"]["median_seconds"].items()}
+        row.update(timed.get(run.name, {}))
         row["weights_changed"] = run.info["weights_changed"]
         row["steps"] = run.info["steps"]
         checks = []
@@ -163,10 +183,8 @@ def evaluate(params, runs):
                 checks.append(f"{run.name}: expected to differ from {ref.name}, but every step is within "
                               f"tolerance (max |diff| {c['max_abs_diff']:.3g}) and so is every step-1 gradient: "
                               "this check cannot fail")
-            row["cost_ratio"] = row["median_step_ms"] / step_ms(ref)["median_step_ms"]
         else:
-            row.update(verdict="reference", max_abs_diff=0.0, bitwise_equal_steps=run.info["steps"],
-                       cost_ratio=1.0)
+            row.update(verdict="reference", max_abs_diff=0.0, bitwise_equal_steps=run.info["steps"])
         if run.info["weights_changed"] != run.info["updates_weights"]:
             checks.append(f"{run.name}: weights {'changed' if run.info['weights_changed'] else 'did not change'}"
                           f", expected them {'to change' if run.info['updates_weights'] else 'unchanged'}")
@@ -272,6 +290,19 @@ def _grad(r):
     return fmt(r.grad_max_rel_err, ".3g") if r.grad_within else f"**{r.grad_max_rel_err:.3g}**"
 
 
+def _ci(m, spec):
+    """``mean [low, high]`` from (mean, low, high)."""
+    return "" if not isinstance(m, (list, tuple)) else f"{m[0]:{spec}} [{m[1]:{spec}}, {m[2]:{spec}}]"
+
+
+def _cost(r):
+    if "cost_ratio" not in r or (isinstance(r["cost_ratio"], float) and np.isnan(r["cost_ratio"])):
+        return ""
+    if r["cost"] == "reference":
+        return "1 (reference)"
+    return f"{r['cost_ratio']:.2f}x [{r['cost_ratio_low']:.2f}, {r['cost_ratio_high']:.2f}]: {r['cost']}"
+
+
 def fmt(x, spec):
     return "" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
 
@@ -314,16 +345,20 @@ def markdown(params, res, images):
             "bitwise-equal steps": [f"{int(e)} / {int(n)}" for e, n in zip(ran["bitwise_equal_steps"], ran["steps"])],
             "weights changed": ran["weights_changed"], "repeats identical": ran["repeats_identical"],
         })
+        cp = params.cost
         lines += [v.to_markdown(index=False), "", "## Cost", "",
-                  "Median step time over repeats (warm-up steps excluded), spread = min-max of the repeats' "
-                  "medians; ratio = median step / reference's median step on that device.", ""]
+                  f"Cost vs reference: every loss of a device timed in turn in one process, {cp.rounds} rounds of "
+                  f"{cp.steps} steps each after {cp.warmup_steps} untimed ones; the ratio of per-round median steps, "
+                  f"with its 95% interval. A difference is named only where the interval excludes 1 and the "
+                  f"ratio is beyond {cp.min_effect:g}x. Training step: the median over the training repeats "
+                  "(separate processes, minutes apart: drift between them does not cancel).", ""]
         c = pd.DataFrame({
             "config": ran["loss"] + "-" + ran["device"],
-            "median step (ms)": ran["median_step_ms"].map(lambda x: fmt(x, ".3f")),
-            "spread (ms)": [f"{a:.3f}-{b:.3f}" for a, b in zip(ran["step_ms_min"], ran["step_ms_max"])],
-            "p90 (ms)": ran["p90_step_ms"].map(lambda x: fmt(x, ".3f")),
+            "cost vs reference": [_cost(r) for r in ran.to_dict("records")],
+            "timed step (ms)": [_ci(r.get("cost_step_ms"), ".3f") for r in ran.to_dict("records")],
+            "training step (ms)": ran["median_step_ms"].map(lambda x: fmt(x, ".3f")),
+            "spread over repeats (ms)": [f"{a:.3f}-{b:.3f}" for a, b in zip(ran["step_ms_min"], ran["step_ms_max"])],
             "total (s)": ran["total_s"].map(lambda x: fmt(x, ".2f")),
-            "ratio": ran["cost_ratio"].map(lambda x: fmt(x, ".2f")),
         })
         lines += [c.to_markdown(index=False), ""]
     if res.failures:
@@ -341,13 +376,13 @@ def markdown(params, res, images):
         lines += ["### Across devices", "",
                   f"Tolerance: {rp.cross_device.atol:g} + {rp.cross_device.rtol:g} * |ref|.", "",
                   pd.DataFrame([{"loss pair": k, **v} for k, v in res.cross.items()]).to_markdown(index=False), ""]
-    if not ran.empty:
+    timed = [r for r in res.configs.values() if "phases_ms" in r]
+    if timed:
         ph = pd.DataFrame([{"config": f"{r['loss']}-{r['device']}",
-                            **{f"{k} (ms)": f"{r['phases_ms'][k]:.3f}" for k in PHASES}}
-                           for r in res.configs.values() if "phases_ms" in r])
+                            **{f"{k} (ms)": _ci(r["phases_ms"][k], ".3f") for k in PHASES}} for r in timed])
         lines += ["### Where the time goes", "",
-                  f"Median per phase over a separate timing pass of {params.train.profile_steps} steps "
-                  "(CUDA events on CUDA, so a device-to-host copy shows in `loss`).", "",
+                  "Per phase, from the same interleaved measurement: the mean over rounds of each round's median, "
+                  "with its 95% interval (CUDA events on CUDA, so a device-to-host copy shows in `loss`).", "",
                   ph.to_markdown(index=False), ""]
     if images:
         lines += ["### Pictures", ""] + [f"![{p.stem}]({p.name})" for p in images] + [""]
@@ -365,18 +400,20 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--runs", required=True)
+    p.add_argument("--cost", required=True, help="the cost stage's folder: <device>.json")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    run_main(lambda: report(args.params, args.runs, args.out), "report")
+    run_main(lambda: report(args.params, args.runs, args.cost, args.out), "report")
 
 
-def report(params_path, runs_dir, out):
+def report(params_path, runs_dir, cost_dir, out):
     params = load_params(params_path)
     try:
         runs = load_runs(runs_dir, params.train.losses, params.train.devices)
+        costs = {d: read_json(Path(cost_dir) / f"{d}.json") for d in params.train.devices}
     except (FileNotFoundError, ValueError) as e:
         raise ReportError(str(e)) from e
-    res = evaluate(params, runs)
+    res = evaluate(params, runs, costs)
     out = Path(out)
     tables = plot_tables(runs, params.plan())
     write_plot_data(tables, out)

@@ -66,8 +66,9 @@ def synthetic(tmp_path):
 def small_params(path, **train):
     """params.yaml from the repo's, with a fast train section; returns its path."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"].update(epochs=2, batch_size=64, repeats=2, warmup_steps=1, profile_steps=3, devices=["cpu"])
+    params["train"].update(epochs=2, batch_size=64, repeats=2, warmup_steps=1, devices=["cpu"])
     params["train"].update(train)
+    params["cost"].update(rounds=3, steps=3, warmup_steps=1)
     Path(path).write_text(yaml.safe_dump(params))
     return Path(path)
 
@@ -87,6 +88,16 @@ def train_config(params, data, check_dir, runs, loss, device="cpu"):
     out = Path(runs) / f"{loss}-{device}"
     train.main(["--check", str(Path(check_dir) / f"{loss}-{device}.json"), "--params", str(params),
                 "--data", str(data), "--out", str(out)])
+    return out
+
+
+def cost_file(params, data, check_dir, cost_dir, device="cpu"):
+    """The cost stage for one device, as DVC runs it; returns the file."""
+    from stages import cost
+
+    out = Path(cost_dir) / f"{device}.json"
+    cost.main(["--device", device, "--params", str(params), "--data", str(data), "--check", str(check_dir),
+               "--out", str(out)])
     return out
 
 

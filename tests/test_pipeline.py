@@ -174,15 +174,16 @@ def test_a_users_loss_is_a_dependency(repo):
 
     edit_params(root, add)
     log = sh("dvc repro", root, env)
-    assert ran(log) == ["check", "report", "train@mine-cpu", "train@mine-cuda"]
-    assert metrics(root)["configs"]["mine-cpu"]["verdict"] == "equal"
+    assert ran(log) == ["check", "cost@cpu", "cost@cuda", "report", "train@mine-cpu", "train@mine-cuda"]
+    mine = metrics(root)["configs"]["mine-cpu"]
+    assert mine["verdict"] == "equal" and mine["cost_ratio_low"] <= mine["cost_ratio"] <= mine["cost_ratio_high"]
     src = json.loads((root / "data" / "runs" / "mine-cpu" / "run.json").read_text())["loss_source"]
     assert list(src["files"]) == ["losses/mine.py"]
 
     (root / "losses" / "mine.py").write_text(MINE.format(bug=" * 2"))  # a bug: the loss (and gradient) doubled
     out = sh("dvc repro", root, env, ok=False)
-    assert out.returncode != 0 and ran(out.stdout + out.stderr) == ["check", "report", "train@mine-cpu",
-                                                                    "train@mine-cuda"]
+    assert out.returncode != 0 and ran(out.stdout + out.stderr) == ["check", "cost@cpu", "cost@cuda", "report",
+                                                                    "train@mine-cpu", "train@mine-cuda"]
     assert "mine-cpu: expected equal to torch_mse-cpu, but step 1: every gradient is 2.000x" in out.stderr
     assert metrics(root)["configs"]["mine-cpu"]["passed"] is False
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from lossbench.config import load_params
 from stages import report
-from tests.conftest import check_files, small_params, train_config, write_idx
+from tests.conftest import check_files, cost_file, small_params, train_config, write_idx
 
 LOSSES = ["torch_mse", "functional_mse", "module_mse", "numpy_mse", "numpy_detached", "wrong_backward"]
 
@@ -22,6 +22,8 @@ def runs_dir(tmp_path_factory):
     write_idx(tmp / "data" / "MNIST" / "raw")
     params = small_params(tmp / "params.yaml", losses=LOSSES)
     checks = check_files(params, tmp / "check")
+    cost_file(params, tmp / "data", checks, tmp / "cost")
+    write_json(tmp / "cost" / "cuda.json", {"status": "unavailable", "reason": "no GPU in this test", "device": "cuda"})
     for loss in LOSSES:
         train_config(params, tmp / "data", checks, tmp / "runs", loss)
         write_json(tmp / "runs" / f"{loss}-cuda" / "run.json",
@@ -33,6 +35,7 @@ def runs_dir(tmp_path_factory):
 def work(runs_dir, tmp_path):
     """A private copy of the runs and params, free to break."""
     shutil.copytree(runs_dir / "runs", tmp_path / "runs")
+    shutil.copytree(runs_dir / "cost", tmp_path / "cost")
     shutil.copy(runs_dir / "params.yaml", tmp_path / "params.yaml")
     import yaml
 
@@ -52,6 +55,23 @@ def edit_steps(work, config, fn):
     steps = pd.read_csv(path)
     fn(steps)
     steps.to_csv(path, index=False)
+
+
+def test_cost_ratio_has_an_interval_and_a_label(work):
+    from lossbench.io import read_json
+
+    params = load_params(work / "params.yaml")
+    costs = {d: read_json(work / "cost" / f"{d}.json") for d in params.train.devices}
+    runs = report.load_runs(work / "runs", params.train.losses, params.train.devices)
+    c = report.evaluate(params, runs, costs).configs
+    assert c["torch_mse-cpu"]["cost"] == "reference" and c["torch_mse-cpu"]["cost_ratio"] == 1.0
+    for loss in LOSSES[1:]:
+        r = c[f"{loss}-cpu"]
+        assert r["cost_ratio_low"] <= r["cost_ratio"] <= r["cost_ratio_high"], r
+        assert r["cost"] in ("no measurable difference", "slower", "faster")
+        assert set(r["phases_ms"]) == {"forward", "loss", "backward", "step"}
+    # the detached control skips backward's work on the model: a difference, with its interval clear of 1
+    assert c["numpy_detached-cpu"]["cost_ratio_high"] < 1
 
 
 def test_all_pass_and_verdicts(work):
@@ -202,7 +222,8 @@ def test_missing_run_is_an_error_naming_the_file(work):
 
 
 def run_report(work):
-    report.main(["--params", str(work / "params.yaml"), "--runs", str(work / "runs"), "--out", str(work / "out")])
+    report.main(["--params", str(work / "params.yaml"), "--runs", str(work / "runs"), "--cost", str(work / "cost"),
+                 "--out", str(work / "out")])
     return work / "out"
 
 

@@ -39,7 +39,6 @@ def test_outputs_of_a_run(tmp_path, synthetic):
     assert all(np.abs(g).max() > 0 for g in grads.values())
     assert run["determinism"]["use_deterministic_algorithms"] is True
     assert run["determinism"]["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
-    assert set(run["phases"]["median_seconds"]) == set(training.PHASES)
     assert len(run["repeats"]) == 2 and run["warmup_steps_excluded"] == 1
     for r in run["repeats"]:
         assert 0 < r["step_seconds"]["median"] <= r["step_seconds"]["p90"] < r["total_seconds"]

@@ -1,0 +1,49 @@
+"""Stage `cost`: every loss of one device timed in turn, in one process (lossbench.timing).
+
+Writes ``<out>``: per loss, per round, the median step seconds and the median
+seconds of each phase, with the params of the measurement and the platform. The
+report turns them into each candidate's cost ratio to its reference, with a 95%
+interval. A device that cannot run here gets a file that says so.
+"""
+
+import argparse
+from pathlib import Path
+
+from lossbench import determinism
+from lossbench.config import load_params
+from lossbench.errors import run
+from lossbench.io import read_json, write_json
+from lossbench.losses import resolve
+from lossbench.timing import interleaved
+from lossbench.training import make_batches
+
+
+def cost_stage(device, params_path, root, check_dir, out):
+    flags = determinism.set_determinism()  # before anything touches CUDA
+    params = load_params(params_path)
+    train, cost = params.train, params.cost
+    checks = {loss: read_json(Path(check_dir) / f"{loss}-{device}.json") for loss in train.losses}
+    first = next(iter(checks.values()))
+    record = {"device": device, "params": cost.model_dump(), "determinism": flags, "platform": first["platform"]}
+    if not first["available"]:
+        write_json(out, {**record, "status": "unavailable", "reason": first["reason"]})
+        return
+    specs = {loss: resolve(loss, c["fn"], c["args"]) for loss, c in checks.items()}
+    batches = make_batches(train.loader, root, device, train.batch_size)
+    losses = interleaved(specs, batches, device, train.lr, train.seed, cost.rounds, cost.steps, cost.warmup_steps)
+    write_json(out, {**record, "status": "ran", "losses": losses})
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--device", required=True)
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--data", required=True, help="root holding MNIST/raw")
+    p.add_argument("--check", required=True, help="the check stage's folder")
+    p.add_argument("--out", required=True, help="the device's cost file")
+    args = p.parse_args(argv)
+    run(lambda: cost_stage(args.device, args.params, args.data, args.check, args.out), "cost")
+
+
+if __name__ == "__main__":
+    main()

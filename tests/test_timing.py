@@ -1,0 +1,50 @@
+"""The interleaved cost measurement: its statistics, and the stage on tiny data."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lossbench import timing
+from tests.conftest import check_files, cost_file, small_params
+
+
+def test_ratio_interval_from_per_round_ratios():
+    ref = np.array([10.0, 12.0, 9.0, 11.0])  # drift between rounds: it cancels
+    cand = ref * np.array([1.10, 1.12, 1.08, 1.10])
+    ratio, lo, hi = timing.ratio_ci(cand, ref)
+    logs = np.log([1.10, 1.12, 1.08, 1.10])
+    half = 3.182 * logs.std(ddof=1) / 2  # t(0.975, 3) * s / sqrt(4)
+    assert ratio == pytest.approx(math.exp(logs.mean()))
+    assert (lo, hi) == pytest.approx((math.exp(logs.mean() - half), math.exp(logs.mean() + half)))
+    assert timing.ratio_ci(ref, ref) == (1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("ratio, lo, hi, label", [
+    (1.10, 1.08, 1.12, "slower"),
+    (0.50, 0.45, 0.55, "faster"),
+    (1.03, 1.01, 1.05, "no measurable difference"),  # clear of 1, but below the minimum effect
+    (1.10, 0.98, 1.22, "no measurable difference"),  # large, but the interval holds 1
+])
+def test_label_needs_an_interval_clear_of_1_and_a_minimum_effect(ratio, lo, hi, label):
+    assert timing.label(ratio, lo, hi, 1.05) == label
+
+
+def test_t_quantiles():
+    assert timing.t975(9) == 2.262 and timing.t975(27) == 2.060 and abs(timing.t975(200) - 1.97) < 0.01
+
+
+def test_cost_stage_times_every_loss_in_turn(tmp_path, synthetic):
+    params = small_params(tmp_path / "params.yaml", losses=["torch_mse", "numpy_mse", "numpy_detached"],
+                          devices=["cpu", "cuda"])
+    checks = check_files(params, tmp_path / "check")
+    c = json.loads(cost_file(params, synthetic, checks, tmp_path / "cost").read_text())
+    assert c["status"] == "ran" and c["params"]["rounds"] == 3 and c["determinism"]["use_deterministic_algorithms"]
+    assert sorted(c["losses"]) == ["numpy_detached", "numpy_mse", "torch_mse"]
+    for m in c["losses"].values():
+        assert len(m["step_seconds"]) == 3 and all(s > 0 for s in m["step_seconds"])
+        assert set(m["phase_seconds"]) == {"forward", "loss", "backward", "step"}
+    cuda = json.loads(cost_file(params, synthetic, checks, tmp_path / "cost", "cuda").read_text())
+    if not json.loads((checks / "torch_mse-cuda.json").read_text())["available"]:
+        assert cuda["status"] == "unavailable" and cuda["reason"]
