@@ -62,8 +62,11 @@ def gradients(grads, ref, rtol, forward_equal=True):
         text = f"step 1: every gradient within {rtol:g} of the reference's (max rel err {tensors[worst]['max_rel_err']:.3g})"
     elif factor == 0:
         text = "step 1: no gradient reaches the model (every gradient is 0): the loss is detached from the graph"
-    elif factor is not None:
+    elif factor is not None and forward_equal:
         text = f"step 1: every gradient is {factor:.3f}x the reference's: the backward is scaled wrongly"
+    elif factor is not None:
+        text = (f"step 1: every gradient is {factor:.3f}x the reference's, and the loss differs too: "
+                "the loss itself is scaled, not only its backward")
     else:
         text = (f"step 1: gradients differ, worst in {worst} (max rel err {tensors[worst]['max_rel_err']:.3g}): "
                 "the backward is wrong")
