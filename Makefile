@@ -23,9 +23,9 @@ repro: $(STAMP)  ## run the pipeline (dvc repro): check, download, train matrix,
 test: $(STAMP)  ## run the test suite
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)  ## time the dataloader loop vs the preloaded default, side by side
+bench: $(STAMP)  ## data paths side by side, the cost table with intervals, a cold dvc repro -f vs its loops
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro download
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lossbench.bench --params params.yaml --data data
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lossbench.bench --params params.yaml --data data --repro
 
 clean:  ## remove the virtual environment
 	rm -rf $(VENV)

@@ -1,58 +1,152 @@
-"""`make bench`: the tutorial's DataLoader loop vs the preloaded default, side by side.
+"""`make bench`: what the pipeline costs beside the work it does. Three measurements, one run.
 
-Both data paths train the same configuration in one process, alternating, so
-they share the machine's state; the preloaded time includes loading the
-dataset onto the device. Prints the times, the ratio, and whether the losses
-are bitwise identical (they must be: exit 1 otherwise).
+1. Data paths: the tutorial's DataLoader loop vs the preloaded default, alternated
+   in one process (they share the machine's state), with the spread over rounds,
+   and whether their losses are bitwise identical (they must be: exit 1 otherwise).
+   The preloaded runs' time is broken down: loading, model set-up, the steps' own
+   work (steps x median step), the first steps' excess, the spread of the rest,
+   and the loop outside the steps; its ratio to the steps' own work is the goal.
+2. Cost: every loss of ``train.losses`` timed in turn (the cost stage's
+   measurement), each candidate's ratio to its reference with its 95% interval.
+3. Repro overhead (``--repro``): a cold ``dvc repro -f`` in a copy of this
+   working tree, its wall time against the training and timing loops it runs.
 """
 
 import argparse
+import json
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-from lossbench import determinism, training
+from lossbench import determinism, stats, training
 from lossbench.config import load_params
 from lossbench.losses import resolve
+from lossbench.timing import interleaved
 
 
 def time_loader(loader, spec, root, device, p):
+    """One seeded training run; its losses and where its wall time went."""
     t0 = time.perf_counter()
-    batches = training.make_batches(loader, root, device, p.batch_size)
-    steps, _ = training.run_once(spec.make, batches, device, p.epochs, p.lr, p.seed, loader)
-    return time.perf_counter() - t0, steps["loss"].to_numpy()
+    batches, _ = training.make_batches(loader, root, device, p.batch_size)
+    t1 = time.perf_counter()
+    steps, info = training.run_once(spec.make, batches, device, p.epochs, p.lr, p.seed, loader)
+    t2 = time.perf_counter()
+    s = steps["seconds"].to_numpy()
+    med = float(np.median(s[p.warmup_steps:]))
+    first = s[: p.warmup_steps]
+    parts = {
+        "load data": t1 - t0,
+        "seed, model, optimizer, digests": (t2 - t1) - info["total_seconds"],
+        "steps' own work (n x median)": len(s) * med,
+        f"first {len(first)} steps' excess": float(first.sum() - len(first) * med),
+        "spread of the other steps": float(s[len(first):].sum() - (len(s) - len(first)) * med),
+        "loop outside the steps": info["total_seconds"] - float(s.sum()),
+    }
+    return t2 - t0, parts, steps["loss"].to_numpy()
 
 
-def bench(params, root, device, loss, rounds):
+def data_paths(params, root, device, loss, rounds):
     spec = resolve(loss, loss, {})
-    times = {"dataloader": [], "preloaded": []}
-    losses = {}
+    times, parts, losses = {"dataloader": [], "preloaded": []}, [], {}
     for r in range(rounds):
         for loader in times:
-            seconds, losses[loader] = time_loader(loader, spec, root, device, params)
+            seconds, p, losses[loader] = time_loader(loader, spec, root, device, params)
             times[loader].append(seconds)
-            print(f"round {r + 1}: {loader:10s} {seconds:7.2f} s", file=sys.stderr)
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    return med, med["dataloader"] / med["preloaded"], np.array_equal(losses["dataloader"], losses["preloaded"])
+            if loader == "preloaded":
+                parts.append(p)
+            print(f"bench: round {r + 1}: {loader:10s} {seconds:7.2f} s", file=sys.stderr)
+    return times, parts, np.array_equal(losses["dataloader"], losses["preloaded"])
+
+
+def print_data_paths(times, parts, identical, loss, device, params):
+    dl, pre = np.asarray(times["dataloader"]), np.asarray(times["preloaded"])
+    ratios = dl / pre  # round by round: the two ran side by side
+    print(f"## Data paths: {loss} on {device}, {params.epochs} epochs, batch {params.batch_size}, "
+          f"{len(pre)} round(s) alternated")
+    print(f"  dataloader (tutorial loop): {np.median(dl):7.2f} s  [{dl.min():.2f}, {dl.max():.2f}]")
+    print(f"  preloaded (default):        {np.median(pre):7.2f} s  [{pre.min():.2f}, {pre.max():.2f}]")
+    print(f"  speed-up: {np.median(ratios):.2f}x [{ratios.min():.2f}, {ratios.max():.2f}] (median [min, max] "
+          f"over rounds); losses bitwise identical: {identical}")
+    print("## Where the preloaded run's time goes (mean over rounds)")
+    mean = {name: float(np.mean([p[name] for p in parts])) for name in parts[0]}
+    own = mean["steps' own work (n x median)"]
+    for name, v in mean.items():
+        print(f"  {name:34s} {v:7.3f} s  {100 * v / own:6.1f}% of the steps' own work")
+    within = [sum(p.values()) / p["steps' own work (n x median)"] for p in parts]
+    print(f"  total / steps' own work: {sum(mean.values()) / own:.3f}x [{min(within):.3f}, {max(within):.3f}] "
+          "(mean [min, max] over rounds; goal <= 1.1x)")
+
+
+def cost_table(params, root, device):
+    """The cost stage's measurement, printed as the report's table."""
+    t, c = params.train, params.cost
+    plan = params.plan()
+    specs = {name: resolve(name, j.fn, j.args) for name, j in plan.items()}
+    batches, _ = training.make_batches(t.loader, root, device, t.batch_size)
+    t0 = time.perf_counter()
+    m = interleaved(specs, batches, device, t.lr, t.seed, c.rounds, c.steps, c.warmup_steps)
+    wall = time.perf_counter() - t0
+    print(f"## Cost on {device}: {c.rounds} rounds x {c.steps} steps per loss, taking turns a step at a time "
+          f"({wall:.1f} s)")
+    print(f"  {'loss':18s} {'reference':12s} {'ratio [95% interval]':24s} {'half-width':>10s}  label")
+    for name, j in plan.items():
+        step = stats.mean_ci([v * 1e3 for v in m[name]["step_seconds"]])
+        if j.reference is None:
+            print(f"  {name:18s} {'-':12s} {'1 (reference)':24s} {'':>10s}  {step[0]:.3f} ms a step")
+            continue
+        r, lo, hi = stats.ratio_ci(m[name]["step_seconds"], m[j.reference]["step_seconds"])
+        label = stats.label(r, lo, hi, c.min_effect)
+        print(f"  {name:18s} {j.reference:12s} {f'{r:.3f}x [{lo:.3f}, {hi:.3f}]':24s} "
+              f"{100 * (hi - lo) / 2 / r:9.1f}%  {label}")
+
+
+def repro_overhead(python_bin):
+    """A cold `dvc repro -f` in a copy of this working tree: wall time against the loops it ran."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], check=True, capture_output=True,
+                           text=True).stdout.split()
+    with tempfile.TemporaryDirectory(prefix="lossbench-bench-") as tmp:
+        for f in files:
+            if Path(f).is_file():
+                (Path(tmp) / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, Path(tmp) / f)
+        subprocess.run(["git", "init", "-q"], cwd=tmp, check=True)  # DVC wants a repository; nothing to commit
+        env = {**os.environ, "PATH": f"{python_bin}{os.pathsep}{os.environ['PATH']}"}
+        t0 = time.perf_counter()
+        subprocess.run(["dvc", "repro", "-f", "-q"], cwd=tmp, env=env, check=True)
+        wall = time.perf_counter() - t0
+        runs = [json.loads(p.read_text()) for p in sorted(Path(tmp, "data", "runs").glob("*/run.json"))]
+        costs = [json.loads(p.read_text()) for p in sorted(Path(tmp, "data", "cost").glob("*.json"))]
+    train = sum(r["total_seconds"] for run in runs if run["status"] == "ran" for r in run["repeats"])
+    timing = sum(c["loop_seconds"] for c in costs if c["status"] == "ran")
+    ran = sum(run["status"] == "ran" for run in runs)
+    print(f"## Cold `dvc repro -f` ({len(runs)} configurations, {ran} run here)")
+    print(f"  wall {wall:.1f} s; training loops {train:.1f} s + timing loops {timing:.1f} s = {train + timing:.1f} s")
+    print(f"  wall / loops: {wall / (train + timing):.2f}x (goal <= 1.5x); the rest is one torch import per "
+          f"process that trains or times ({ran} + 1 + the check stage), the download's digests, the report")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--data", required=True)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--loss", default="torch_mse")
-    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--loss", default="torch_mse", help="the loss the data paths train")
+    p.add_argument("--rounds", type=int, default=3, help="data-path rounds, each loader once a round")
+    p.add_argument("--repro", action="store_true", help="also time a cold `dvc repro -f` in a copy (minutes)")
     args = p.parse_args(argv)
     determinism.set_determinism()
-    params = load_params(args.params).train
-    med, ratio, identical = bench(params, args.data, args.device, args.loss, args.rounds)
-    print(f"{args.loss} on {args.device}, {params.epochs} epochs, batch {params.batch_size}, "
-          f"median of {args.rounds} round(s):")
-    print(f"  dataloader (tutorial loop): {med['dataloader']:.2f} s")
-    print(f"  preloaded (default):        {med['preloaded']:.2f} s")
-    print(f"  speed-up: {ratio:.1f}x; losses bitwise identical: {identical}")
+    params = load_params(args.params)
+    times, parts, identical = data_paths(params.train, args.data, args.device, args.loss, args.rounds)
+    print_data_paths(times, parts, identical, args.loss, args.device, params.train)
+    cost_table(params, args.data, args.device)
+    if args.repro:
+        repro_overhead(str(Path(sys.executable).parent))
     if not identical:
         sys.exit("bench: the two data paths gave different losses")
 

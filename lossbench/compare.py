@@ -1,44 +1,86 @@
 """`make compare A=<rev> [B=<rev>]`: what changed between two revisions' reports.
 
-Reads ``reports/metrics.json`` as committed at A and at B (default: the
-workspace) and prints one table per configuration: verdicts, max |diff|,
-median step time and its B/A ratio, and the platform on each side. Exits 1
-when B's report fails at all (the overall ``passed`` flag false: a verdict
-that got worse, a configuration new at B that fails), when a configuration's
-reference changed, or when a configuration got slower by more than
-``compare.cost_factor`` on the same platform. A cost ratio across different
+Reads ``reports/summary.json`` and the per-step plot data as committed at A and
+at B (default: the workspace). Prints, per configuration, one line on its
+trajectory (bitwise equal at A and B, or the max |diff| and the first step that
+differs), then a table: verdicts, max |diff|, timed step with its interval and
+its B/A ratio, and the platform on each side. Exits 1 when B's report fails at
+all (the overall ``passed`` flag false: a verdict that got worse, a
+configuration new at B that fails), when a configuration's reference changed,
+or when a configuration got slower on the same platform by more than
+``compare.cost_factor`` with disjoint intervals. A cost ratio across different
 platforms is printed and labelled, never used to fail.
 """
 
 import argparse
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lossbench.config import load_params
 from lossbench.errors import UserError, run
 
-METRICS = "reports/metrics.json"
+SUMMARY = "reports/summary.json"
+METRICS = "reports/metrics.json"  # what revisions before summary.json hold
+LOSS_PLOT = "reports/plots/loss/{device}.csv"
 
 
 class CompareError(UserError):
     pass
 
 
-def read_metrics(rev, repo="."):
-    """metrics.json at a git revision, or in the workspace when ``rev`` is None."""
+def read_file(rev, name, repo="."):
+    """A file's text at a git revision, or in the workspace when ``rev`` is None; None when absent."""
     if rev is None:
-        path = Path(repo) / METRICS
-        if not path.is_file():
-            raise CompareError(f"{path}: not found in the workspace (run `make repro` first)")
-        return json.loads(path.read_text())
-    out = subprocess.run(["git", "show", f"{rev}:{METRICS}"], cwd=repo, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise CompareError(f"{METRICS} at revision {rev!r}: {out.stderr.strip()}")
-    return json.loads(out.stdout)
+        path = Path(repo) / name
+        return path.read_text() if path.is_file() else None
+    out = subprocess.run(["git", "show", f"{rev}:{name}"], cwd=repo, capture_output=True, text=True)
+    return out.stdout if out.returncode == 0 else None
+
+
+def read_summary(rev, repo="."):
+    """Every row of a revision's report: summary.json, or metrics.json where a revision predates it."""
+    for name in (SUMMARY, METRICS):
+        text = read_file(rev, name, repo)
+        if text is not None:
+            return json.loads(text)
+    where = "in the workspace (run `make repro` first)" if rev is None else f"at revision {rev!r}"
+    raise CompareError(f"{SUMMARY}: not found {where}")
+
+
+def read_losses(rev, device, repo="."):
+    """Every configuration's per-step loss on ``device`` (the report's plot data), or None."""
+    text = read_file(rev, LOSS_PLOT.format(device=device), repo)
+    return None if text is None else pd.read_csv(io.StringIO(text), index_col="global_step")
+
+
+def trajectory_line(name, a, b):
+    """One line: did this configuration's per-step loss change between A and B?"""
+    if a is None or b is None:
+        return f"{name}: trajectory {'new at B' if a is None else 'absent at B'}"
+    if len(a) != len(b):
+        return f"{name}: trajectory has {len(a)} steps at A, {len(b)} at B: not comparable"
+    d = (b - a).abs().to_numpy()
+    changed = np.flatnonzero(a.to_numpy() != b.to_numpy())
+    if not changed.size:
+        return f"{name}: trajectory bitwise equal ({len(a)} steps)"
+    return (f"{name}: trajectory CHANGED: max |diff| {d.max():.3g} at global step {a.index[int(d.argmax())]}, "
+            f"first different at global step {a.index[int(changed[0])]} ({changed.size} of {len(a)} steps differ)")
+
+
+def trajectories(a, b, rev_a, rev_b, repo="."):
+    lines = []
+    for device in sorted({c["device"] for c in [*a["configs"].values(), *b["configs"].values()]}):
+        ta, tb = read_losses(rev_a, device, repo), read_losses(rev_b, device, repo)
+        for loss in sorted(set(ta.columns if ta is not None else []) | set(tb.columns if tb is not None else [])):
+            col = {k: t[loss] if t is not None and loss in t else None for k, t in (("a", ta), ("b", tb))}
+            lines.append(trajectory_line(f"{loss}-{device}", col["a"], col["b"]))
+    return lines
 
 
 def platform_label(metrics, device):
@@ -55,17 +97,23 @@ def diff(a, b, factor):
         ca, cb = a["configs"].get(name, {}), b["configs"].get(name, {})
         device = (ca or cb)["device"]
         pa, pb = platform_label(a, device), platform_label(b, device)
-        ta, tb = ca.get("median_step_ms"), cb.get("median_step_ms")
+        # the cost stage's timed step, [mean, low, high] ms; older reports have only the training median
+        ia, ib = ca.get("cost_step_ms"), cb.get("cost_step_ms")
+        ta, tb = (ia[0], ib[0]) if ia and ib else (ca.get("median_step_ms"), cb.get("median_step_ms"))
         ratio = tb / ta if ta and tb else None
         same = pa == pb
         note = ""
         if ratio is not None:
             note = "" if same else "platforms differ: not comparable"
-            if same and ratio > factor:
+            apart = ia and ib and (ib[1] > ia[2] or ib[2] < ia[1])  # the intervals say it moved
+            if same and ratio > factor and apart:
                 note = f"SLOWER beyond {factor:g}x"
-                problems.append(f"{name}: median step {ta:.3f} -> {tb:.3f} ms ({ratio:.2f}x > {factor:g}x)")
-            elif same and ratio < 1 / factor:
+                problems.append(f"{name}: timed step {_ms(ia, ta)} -> {_ms(ib, tb)} ms ({ratio:.2f}x > {factor:g}x, "
+                                "intervals disjoint)")
+            elif same and ratio < 1 / factor and apart:
                 note = f"faster beyond {factor:g}x"
+            elif same and not apart:
+                note = "within noise" if ia and ib else "no interval: not judged"
         if ca.get("passed") is True and cb.get("passed") is False:
             problems.append(f"{name}: verdict got worse: {ca.get('verdict')} (pass) -> {cb.get('verdict')} (FAIL)")
         if not ca and cb.get("passed") is False:
@@ -74,10 +122,10 @@ def diff(a, b, factor):
             problems.append(f"{name}: reference changed: {ca.get('reference')} -> {cb.get('reference')} "
                             "(its verdicts are not comparable)")
         tables[name] = pd.DataFrame(
-            {"A": [_verdict(ca), _num(ca.get("max_abs_diff"), ".3g"), _num(ta, ".3f"), pa or "-"],
-             "B": [_verdict(cb), _num(cb.get("max_abs_diff"), ".3g"), _num(tb, ".3f"), pb or "-"],
+            {"A": [_verdict(ca), _num(ca.get("max_abs_diff"), ".3g"), _ms(ia, ta), pa or "-"],
+             "B": [_verdict(cb), _num(cb.get("max_abs_diff"), ".3g"), _ms(ib, tb), pb or "-"],
              "B / A": ["", "", _num(ratio, ".2f") + (f" ({note})" if note else ""), "same" if same else "DIFFERENT"]},
-            index=["verdict", "max |diff|", "median step (ms)", "platform"])
+            index=["verdict", "max |diff|", "timed step (ms)", "platform"])
         tables[name].loc["reference"] = [ca.get("reference") or "-", cb.get("reference") or "-",
                                          "new at B" if not ca else "absent at B" if not cb else
                                          "same" if ca.get("reference") == cb.get("reference") else "CHANGED"]
@@ -97,6 +145,11 @@ def _num(x, spec):
     return "-" if x is None else format(x, spec)
 
 
+def _ms(interval, value):
+    """``mean [low, high]`` when there is an interval, else the value alone."""
+    return f"{interval[0]:.3f} [{interval[1]:.3f}, {interval[2]:.3f}]" if interval else _num(value, ".3f")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("a", help="base revision (commit, tag, branch)")
@@ -110,9 +163,11 @@ def main(argv=None):
 
 def compare(args):
     factor = args.factor or load_params(Path(args.repo) / args.params).compare.cost_factor
-    a, b = read_metrics(args.a, args.repo), read_metrics(args.b, args.repo)
+    a, b = read_summary(args.a, args.repo), read_summary(args.b, args.repo)
     tables, problems = diff(a, b, factor)
     print(f"A = {args.a}, B = {args.b or 'workspace'}; cost factor {factor:g}")
+    print("\nDid the trajectories change?")
+    print("\n".join(trajectories(a, b, args.a, args.b, args.repo)))
     for name, table in tables.items():
         print(f"\n{name}\n{table.to_markdown()}")
     if problems:

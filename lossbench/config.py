@@ -15,7 +15,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from lossbench.errors import UserError, run
-from lossbench.losses import REGISTRY, USER_LOSS
+from lossbench.registry import REGISTRY, USER_LOSS
 
 Device = Literal["cpu", "cuda"]
 Expectation = Literal["equal", "differs"]

@@ -18,6 +18,9 @@ def trajectory(values, ref, atol, rtol, steps):
     out = {
         "within": bad.size == 0,
         "max_abs_diff": float(diff[i]),
+        # the largest share of its tolerance any step used (< 1 passes): a metric that stays readable when
+        # max |diff| goes 3e-6 -> 3e-8 (`dvc metrics diff` rounds to 5 decimals)
+        "tol_used": float(np.max(diff / bound)) if np.all(bound > 0) else float("inf") * bool(bad.size),
         "max_at_global_step": int(steps["global_step"].iloc[i]),
         "bitwise_equal_steps": int(np.sum(values == ref)),
         "steps": int(values.size),

@@ -1,10 +1,15 @@
-"""Small file helpers shared by the stages: atomic writes, JSON, params."""
+"""The files the stages write and read, always atomically: JSON, text, steps.csv, .npz tensors."""
 
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
+
+STEP_COLUMNS = ["repeat", "epoch", "step", "global_step", "loss", "seconds"]  # steps.csv
+PHASES = ("forward", "loss", "backward", "step")  # a training step's parts, as timed
 
 
 @contextmanager
@@ -44,6 +49,23 @@ def read_json(path):
         raise FileNotFoundError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def write_steps(path, steps):
+    # float64 repr of a float32 value round-trips it exactly
+    with atomic_path(path) as tmp:
+        steps.to_csv(tmp, index=False)
+
+
+def write_tensors(path, tensors):
+    """Named arrays to ``.npz``, atomically (np.savez on a file object adds no suffix)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **tensors)
+
+
+def read_tensors(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
 
 
 def _umask():

@@ -1,62 +1,25 @@
 """The losses: shipped references, shipped candidates, and a user's own.
 
 A loss is named in ``train.losses`` by one of:
-- a registered name (below): ``torch_mse``, ``numpy_mse``, ...;
+- a registered name (lossbench.registry): ``torch_mse``, ``numpy_mse``, ...;
 - a name defined in the ``losses`` section of params.yaml:
   ``{fn: <registered name or package.module:attr>, args: {...}, reference: ..., expect: ...}``;
 - ``package.module:attr`` directly (a function, an ``nn.Module`` subclass or a
   ``torch.autograd.Function`` subclass), compared with ``report.reference``.
 
-Every loss is a callable ``loss(input, target) -> scalar tensor``; ``args`` are
-passed to the factory (a class's constructor, a registered factory's keywords).
+Every loss is a callable ``loss(input, target) -> scalar tensor``; ``args`` go
+to a class's constructor, or are bound to every call of a function.
 """
 
 import importlib
-import re
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lossbench.errors import UserError
-
-USER_LOSS = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-@dataclass(frozen=True)
-class Registered:
-    make: Callable[..., Callable]  # keyword args -> a fresh loss callable
-    expect: str = "equal"  # what the report expects against its reference
-    updates_weights: bool = True  # False only for a detached negative control
-    reference: bool = False  # a reference: judged against nothing unless given one
-
-
-REGISTRY: dict[str, Registered] = {}
-
-
-def register(name, expect="equal", updates_weights=True, reference=False):
-    def deco(make):
-        REGISTRY[name] = Registered(make, expect, updates_weights, reference)
-        return make
-
-    return deco
-
-
-# References: torch's own reconstruction losses that fit a sigmoid output and targets in [0, 1].
-register("torch_mse", reference=True)(nn.MSELoss)
-register("torch_l1", reference=True)(nn.L1Loss)
-register("torch_smooth_l1", reference=True)(nn.SmoothL1Loss)
-register("torch_huber", reference=True)(nn.HuberLoss)
-register("torch_bce", reference=True)(nn.BCELoss)
-
-
-@register("functional_mse")
-def functional_mse():
-    """F.mse_loss called as a plain function."""
-    return F.mse_loss
+from lossbench.registry import REGISTRY
 
 
 class ModuleMSE(nn.Module):
@@ -64,9 +27,6 @@ class ModuleMSE(nn.Module):
 
     def forward(self, input, target):
         return ((input - target) ** 2).mean()
-
-
-register("module_mse")(ModuleMSE)
 
 
 class NumpyMSE(torch.autograd.Function):
@@ -87,11 +47,6 @@ class NumpyMSE(torch.autograd.Function):
         return grad_output * 2 * (input - target) / input.numel(), None
 
 
-@register("numpy_mse")
-def numpy_mse():
-    return NumpyMSE.apply
-
-
 class WrongBackward(NumpyMSE):
     """Negative control: NumpyMSE's forward, its gradient doubled. Caught at step 1 by the gradient check."""
 
@@ -101,22 +56,12 @@ class WrongBackward(NumpyMSE):
         return 2 * grad, None
 
 
-@register("wrong_backward", expect="differs")
-def wrong_backward():
-    return WrongBackward.apply
-
-
-def _numpy_detached(input, target):
+def numpy_detached(input, target):
+    """Negative control: NumPy loss wrapped back into a tensor without autograd."""
     a = input.detach().cpu().numpy()
     b = target.detach().cpu().numpy()
     # the pitfall: a fresh leaf tensor has no history, so no gradient reaches the model
     return torch.tensor(np.mean((a - b) ** 2), device=input.device, requires_grad=True)
-
-
-@register("numpy_detached", expect="differs", updates_weights=False)
-def numpy_detached():
-    """Negative control: NumPy loss wrapped back into a tensor without autograd."""
-    return _numpy_detached
 
 
 @dataclass(frozen=True)
@@ -127,12 +72,10 @@ class LossSpec:
     fn: str  # registered name or package.module:attr
     args: dict = field(default_factory=dict)
     updates_weights: bool = True
-    obj: object = None  # the resolved class, function or registered factory
+    obj: object = None  # the resolved class or function
 
     def make(self):
         """A fresh loss callable."""
-        if self.fn in REGISTRY:
-            return REGISTRY[self.fn].make(**self.args)
         obj = self.obj
         if isinstance(obj, type) and issubclass(obj, torch.autograd.Function):
             if self.args:
@@ -177,7 +120,7 @@ def import_fn(fn):
 def resolve(name, fn, args) -> LossSpec:
     """A buildable LossSpec; imports user code, and builds it once so bad ``args`` show now."""
     reg = REGISTRY.get(fn)
-    obj = None if reg else import_fn(fn)
+    obj = import_fn(reg.target if reg else fn)
     spec = LossSpec(name, fn, dict(args), reg.updates_weights if reg else True, obj)
     try:
         spec.make()

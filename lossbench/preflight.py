@@ -15,7 +15,8 @@ from types import ModuleType
 import torch
 
 from lossbench.errors import debugging, raised
-from lossbench.losses import REGISTRY, not_scalar
+from lossbench.losses import not_scalar
+from lossbench.registry import REGISTRY
 
 DETACHED = "the loss is not connected to the input's graph"
 DETACHED_HINT = ("no gradient would reach the model (a NumPy result wrapped in a new tensor? "

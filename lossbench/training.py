@@ -19,11 +19,9 @@ from tqdm import tqdm
 from lossbench import data, determinism
 from lossbench.errors import UserError, raised
 from lossbench.losses import not_scalar
-from lossbench.io import atomic_path
+from lossbench.io import PHASES, STEP_COLUMNS
 from lossbench.model import AutoEncoder
 
-PHASES = ("forward", "loss", "backward", "step")
-STEP_COLUMNS = ["repeat", "epoch", "step", "global_step", "loss", "seconds"]  # steps.csv
 
 
 class RunError(UserError):
@@ -131,11 +129,12 @@ def step_stats(seconds, warmup):
 
 
 def make_batches(loader, root, device, batch_size):
-    """A function that yields one epoch of batches, for the chosen data path."""
+    """A function that yields one epoch of batches, for the chosen data path, and the steps in an epoch."""
     if loader == "preloaded":
         images = data.preload(root, device)  # (N, 784) float32 on device
-        return lambda: data.preloaded_batches(images, batch_size)
-    return lambda: data.dataloader_batches(root, batch_size, device)
+        return (lambda: data.preloaded_batches(images, batch_size)), data.steps_per_epoch(len(images), batch_size)
+    n = len(data.train_images(root))
+    return (lambda: data.dataloader_batches(root, batch_size, device)), data.steps_per_epoch(n, batch_size)
 
 
 def train_config(spec, device, train, root, label):
@@ -143,8 +142,8 @@ def train_config(spec, device, train, root, label):
 
     Returns (steps, run, tensors): tensors holds ``grads`` (step 1) and ``weights`` (final, repeat 1).
     """
-    batches = make_batches(train.loader, root, device, train.batch_size)
-    n_steps = train.epochs * data.steps_per_epoch(len(data.mnist(root)), train.batch_size)
+    batches, per_epoch = make_batches(train.loader, root, device, train.batch_size)
+    n_steps = train.epochs * per_epoch
     tables, repeats = [], []
     with tqdm(total=n_steps * train.repeats, desc=label, file=sys.stderr, mininterval=1) as bar:
         for r in range(1, train.repeats + 1):
@@ -169,20 +168,3 @@ def train_config(spec, device, train, root, label):
         "repeats": repeats,
     }
     return pd.concat(tables)[STEP_COLUMNS], run, {"grads": grads, "weights": final}
-
-
-def write_steps(path, steps):
-    # float64 repr of a float32 value round-trips it exactly
-    with atomic_path(path) as tmp:
-        steps.to_csv(tmp, index=False)
-
-
-def write_tensors(path, tensors):
-    """Named arrays to ``.npz``, atomically (np.savez on a file object adds no suffix)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **tensors)
-
-
-def read_tensors(path):
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}

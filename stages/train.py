@@ -12,35 +12,37 @@ import argparse
 import sys
 from pathlib import Path
 
-from lossbench import determinism
-from lossbench.config import load_params
 from lossbench.errors import run
 from lossbench.io import read_json, write_json
-from lossbench.losses import resolve
-from lossbench.training import train_config, write_steps, write_tensors
 
 OUTPUTS = ("run.json", "steps.csv", "grads.npz", "weights.npz")
 
 
 def train_stage(check_path, params_path, root, out):
-    flags = determinism.set_determinism()  # before anything touches CUDA
     check = read_json(check_path)
-    train = load_params(params_path).train
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in OUTPUTS:
         (out / stale).unlink(missing_ok=True)
     record = {
         "config": check["config"], "loss": check["loss"], "device": check["device"],
-        "fn": check["fn"], "args": check["args"], "loss_source": check["source"],
-        "params": train.model_dump(exclude={"losses", "devices"}), "loader": train.loader,
-        "determinism": flags, "platform": check["platform"],
+        "fn": check["fn"], "args": check["args"], "loss_source": check["source"], "platform": check["platform"],
     }
-    if not check["available"]:
+    if not check["available"]:  # before importing torch: a configuration that cannot run costs ~0.1 s, not 3
         write_json(out / "run.json", {**record, "status": "unavailable", "reason": check["reason"]})
         print(f"train: {check['config']}: not run ({check['device']} cannot run here; the check stage said why)",
               file=sys.stderr)
         return
+    from lossbench import determinism
+    from lossbench.config import load_params
+    from lossbench.losses import resolve
+    from lossbench.io import write_steps, write_tensors
+    from lossbench.training import train_config
+
+    flags = determinism.set_determinism()  # before anything touches CUDA
+    train = load_params(params_path).train
+    record |= {"params": train.model_dump(exclude={"losses", "devices"}), "loader": train.loader,
+               "determinism": flags}
     spec = resolve(check["loss"], check["fn"], check["args"])
     steps, result, tensors = train_config(spec, check["device"], train, root, check["config"])
     write_steps(out / "steps.csv", steps)

@@ -16,9 +16,11 @@ BASE = {
     "platform": {"cpu": {"cpu": "CPU X", "gpu": None, "torch": "2.14.1", "cuda": None, "python": "3.11", "threads": 2}},
     "configs": {
         "torch_mse-cpu": {"loss": "torch_mse", "device": "cpu", "verdict": "reference", "passed": True,
-                          "max_abs_diff": 0.0, "median_step_ms": 5.0, "reference": None},
+                          "max_abs_diff": 0.0, "median_step_ms": 5.0, "cost_step_ms": [5.0, 4.8, 5.2],
+                          "reference": None},
         "numpy_mse-cpu": {"loss": "numpy_mse", "device": "cpu", "verdict": "equal", "passed": True,
-                          "max_abs_diff": 3e-6, "median_step_ms": 5.2, "reference": "torch_mse"},
+                          "max_abs_diff": 3e-6, "median_step_ms": 5.2, "cost_step_ms": [5.2, 5.0, 5.4],
+                          "reference": "torch_mse"},
         "numpy_mse-cuda": {"loss": "numpy_mse", "device": "cuda", "verdict": "not run", "passed": True},
     },
 }
@@ -35,8 +37,8 @@ def repo(tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     # the code under test is the working tree's, committed or not
-    for name in ("Makefile", "params.yaml", "lossbench/__init__.py", "lossbench/compare.py", "lossbench/config.py",
-                 "lossbench/losses.py", "lossbench/errors.py"):
+    names = ["Makefile", "params.yaml"] + [str(p.relative_to(ROOT)) for p in (ROOT / "lossbench").glob("*.py")]
+    for name in names:
         (clone / name).parent.mkdir(exist_ok=True)
         (clone / name).write_text((ROOT / name).read_text())
     git(clone, "add", "-A")
@@ -44,11 +46,16 @@ def repo(tmp_path):
     return clone
 
 
-def commit_metrics(repo, metrics, msg):
-    path = repo / "reports" / "metrics.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(metrics))
-    git(repo, "add", "reports/metrics.json")
+LOSSES = "global_step,torch_mse,numpy_mse\n1,0.25,0.25\n2,0.2,0.2\n3,0.15,0.15\n4,0.1,0.1\n"
+
+
+def commit_metrics(repo, summary, msg, losses=LOSSES):
+    """Commit a report's summary.json and its per-step loss data on the CPU; returns the commit."""
+    for name, text in (("summary.json", json.dumps(summary)), ("plots/loss/cpu.csv", losses)):
+        path = repo / "reports" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    git(repo, "add", "reports")
     git(repo, "commit", "-qm", msg)
     return git(repo, "rev-parse", "HEAD")
 
@@ -77,11 +84,29 @@ def test_identical_commits_exit_zero(repo):
 
 def test_slower_step_is_reported_and_fails(repo):
     a = commit_metrics(repo, BASE, "a")
-    b = commit_metrics(repo, changed(**{"numpy_mse-cpu": {"median_step_ms": 15.6}}), "b")
+    b = commit_metrics(repo, changed(**{"numpy_mse-cpu": {"cost_step_ms": [15.6, 15.0, 16.2]}}), "b")
     out = run_make(repo, a, b)
     assert out.returncode != 0
     assert "3.00 (SLOWER beyond 2x)" in out.stdout
-    assert "numpy_mse-cpu: median step 5.200 -> 15.600 ms (3.00x > 2x)" in out.stderr
+    assert ("numpy_mse-cpu: timed step 5.200 [5.000, 5.400] -> 15.600 [15.000, 16.200] ms (3.00x > 2x, "
+            "intervals disjoint)") in out.stderr
+
+
+def test_a_slowdown_the_intervals_do_not_show_does_not_fail():
+    noisy = changed(**{"numpy_mse-cpu": {"cost_step_ms": [15.6, 4.0, 30.0]}})
+    tables, problems = compare.diff(BASE, noisy, 2.0)
+    assert problems == [] and tables["numpy_mse-cpu"].loc["timed step (ms)", "B / A"] == "3.00 (within noise)"
+
+
+def test_trajectories_bitwise_equal_or_where_they_first_differ(repo):
+    a = commit_metrics(repo, BASE, "a")
+    b = commit_metrics(repo, BASE, "b", LOSSES.replace("3,0.15,0.15", "3,0.15,0.1500001").replace(
+        "4,0.1,0.1", "4,0.1,0.1002"))
+    out = run_make(repo, a, b)
+    assert out.returncode == 0, out.stderr
+    assert "torch_mse-cpu: trajectory bitwise equal (4 steps)" in out.stdout
+    assert ("numpy_mse-cpu: trajectory CHANGED: max |diff| 0.0002 at global step 4, first different at global "
+            "step 3 (2 of 4 steps differ)") in out.stdout
 
 
 def test_worse_verdict_fails(repo):
@@ -127,28 +152,29 @@ def test_changed_reference_fails_and_says_so(repo):
 
 def test_workspace_is_the_default_b(repo):
     a = commit_metrics(repo, BASE, "a")
-    (repo / "reports" / "metrics.json").write_text(json.dumps(changed(**{"torch_mse-cpu": {"median_step_ms": 2.0}})))
+    (repo / "reports" / "summary.json").write_text(
+        json.dumps(changed(**{"torch_mse-cpu": {"cost_step_ms": [2.0, 1.9, 2.1]}})))
     out = run_make(repo, a)
     assert out.returncode == 0 and "B = workspace" in out.stdout and "0.40 (faster beyond 2x)" in out.stdout
 
 
 def test_cost_across_platforms_is_labelled_not_failed():
-    other = changed(**{"numpy_mse-cpu": {"median_step_ms": 52.0}})
+    other = changed(**{"numpy_mse-cpu": {"cost_step_ms": [52.0, 51.0, 53.0]}})
     other["platform"]["cpu"]["cpu"] = "CPU Y"
     tables, problems = compare.diff(BASE, other, 1.5)
     assert problems == []
     t = tables["numpy_mse-cpu"]
-    assert t.loc["median step (ms)", "B / A"] == "10.00 (platforms differ: not comparable)"
+    assert t.loc["timed step (ms)", "B / A"] == "10.00 (platforms differ: not comparable)"
     assert t.loc["platform", "B / A"] == "DIFFERENT"
 
 
 def test_unknown_revision_is_a_clear_error(repo):
-    with pytest.raises(compare.CompareError, match=r"reports/metrics.json at revision 'no-such-rev'"):
-        compare.read_metrics("no-such-rev", repo)
+    with pytest.raises(compare.CompareError, match=r"reports/summary.json: not found at revision 'no-such-rev'"):
+        compare.read_summary("no-such-rev", repo)
 
 
 def test_committed_report_compares_with_itself():
-    """The repository's own committed metrics are readable by compare."""
-    m = compare.read_metrics("HEAD", ROOT)
+    """The repository's own committed report is readable by compare."""
+    m = compare.read_summary("HEAD", ROOT)
     tables, problems = compare.diff(m, m, 1.5)
     assert problems == [] and "torch_mse-cpu" in tables

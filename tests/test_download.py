@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from stages import download
 from tests.conftest import gzip_dir, write_idx
@@ -50,6 +51,30 @@ def test_torchvision_loads_what_was_downloaded(real_mnist):
 
     ds = mnist(real_mnist)
     assert len(ds) == 60000 and ds.data.shape == (60000, 28, 28)
+
+
+def test_our_reader_gives_torchvisions_bytes(real_mnist, synthetic):
+    # the preloaded path reads the idx file itself (no torchvision import); it must be the same bytes
+    from lossbench.data import mnist, train_images
+
+    for root in (real_mnist, synthetic):
+        assert torch.equal(train_images(root), mnist(root).data)
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda p: p.unlink(), "not found: expected the MNIST training images"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-1]), "not an idx3 image file"),
+    (lambda p: p.write_bytes(b"\0\0\x08\x01" + p.read_bytes()[4:]), "magic 2049"),
+])
+def test_a_bad_image_file_is_one_line_naming_it(synthetic, damage, says):
+    from lossbench.data import RAW, TRAIN_IMAGES, train_images
+    from lossbench.errors import UserError
+
+    path = synthetic / RAW / TRAIN_IMAGES
+    damage(path)
+    with pytest.raises(UserError, match=says) as e:
+        train_images(synthetic)
+    assert str(path) in str(e.value)
 
 
 def test_main_reads_mirror_from_environment(tmp_path, mirror, monkeypatch, capsys):

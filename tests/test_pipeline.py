@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -58,7 +59,8 @@ def repo(tmp_path_factory, mirror):
 
 
 def metrics(root):
-    return json.loads((root / "reports" / "metrics.json").read_text())
+    """Every row in full (reports/summary.json); reports/metrics.json holds DVC's short subset."""
+    return json.loads((root / "reports" / "summary.json").read_text())
 
 
 def edit_params(root, fn):
@@ -79,6 +81,22 @@ def test_repro_trains_every_configuration(repo):
         assert (steps.loc[steps["repeat"] == 1, "epoch"].value_counts().sort_index().tolist() == [235, 235])
         cuda = json.loads((root / "data" / "runs" / f"{loss}-cuda" / "run.json").read_text())
         assert cuda["status"] == ("ran" if torch.cuda.is_available() else "unavailable")
+
+
+def test_a_configuration_in_the_pipeline_equals_its_solo_run(repo, tmp_path):
+    # one configuration's own process, nothing else in it: the pipeline's outputs must be the same bits
+    root, env, _ = repo
+    solo = tmp_path / "solo"
+    sh(f"python -m stages.train --check data/check/numpy_mse-cpu.json --params params.yaml --data data --out {solo}",
+       root, env)
+    run = root / "data" / "runs" / "numpy_mse-cpu"
+    a, b = (pd.read_csv(d / "steps.csv") for d in (run, solo))
+    assert a["loss"].map(float.hex).tolist() == b["loss"].map(float.hex).tolist()
+    for name in ("grads.npz", "weights.npz"):
+        with np.load(run / name) as x, np.load(solo / name) as y:
+            assert x.files == y.files and all(np.array_equal(x[k], y[k]) for k in x.files)
+    ja, jb = (json.loads((d / "run.json").read_text()) for d in (run, solo))
+    assert [r["weights_end"] for r in ja["repeats"]] == [r["weights_end"] for r in jb["repeats"]]
 
 
 def test_report_verdicts_on_real_mnist(repo):
@@ -109,6 +127,11 @@ def test_metrics_and_plots_are_visible_to_dvc(repo):
     root, env, _ = repo
     shown = json.loads(sh("dvc metrics show --json", root, env))
     assert shown[""]["data"]["reports/metrics.json"]["data"]["passed"] is True
+    # at DVC's default precision a 3e-6 drift still shows: as the share of its tolerance used
+    header, values = [re.split(r"\s{2,}", line.strip()) for line in sh("dvc metrics show", root, env).splitlines()[:2]]
+    shown = float(values[header.index("configs.numpy_mse-cpu.tol_used")])
+    used = metrics(root)["configs"]["numpy_mse-cpu"]["tol_used"]
+    assert 0 < used < 1 and shown == round(used, 5) > 0
     plots = json.loads(sh("dvc plots show --json", root, env))
     assert "reports/plots/loss/cpu.csv" in plots["data"] and "reports/plots/absdiff/cpu.csv" in plots["data"]
 

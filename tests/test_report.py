@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 from lossbench.config import load_params
+from lossbench import verdict
 from stages import report
-from tests.conftest import check_files, cost_file, small_params, train_config, write_idx
+from tests.conftest import ROOT, check_files, cost_file, small_params, train_config, write_idx
 
 LOSSES = ["torch_mse", "functional_mse", "module_mse", "numpy_mse", "numpy_detached", "wrong_backward"]
 
@@ -47,7 +48,7 @@ def work(runs_dir, tmp_path):
 
 def evaluate(work):
     params = load_params(work / "params.yaml")
-    return report.evaluate(params, report.load_runs(work / "runs", params.train.losses, params.train.devices))
+    return verdict.evaluate(params, verdict.load_runs(work / "runs", params.train.losses, params.train.devices))
 
 
 def edit_steps(work, config, fn):
@@ -58,13 +59,13 @@ def edit_steps(work, config, fn):
 
 
 def test_cost_ratio_has_an_interval_and_a_label(work):
-    from lossbench import timing
+    from lossbench import stats
     from lossbench.io import read_json
 
     params = load_params(work / "params.yaml")
     costs = {d: read_json(work / "cost" / f"{d}.json") for d in params.train.devices}
-    runs = report.load_runs(work / "runs", params.train.losses, params.train.devices)
-    c = report.evaluate(params, runs, costs).configs
+    runs = verdict.load_runs(work / "runs", params.train.losses, params.train.devices)
+    c = verdict.evaluate(params, runs, costs).configs
     assert c["torch_mse-cpu"]["cost"] == "reference" and c["torch_mse-cpu"]["cost_ratio"] == 1.0
     for loss in LOSSES[1:]:
         r = c[f"{loss}-cpu"]
@@ -72,7 +73,7 @@ def test_cost_ratio_has_an_interval_and_a_label(work):
         assert r["cost"] in ("no measurable difference", "slower", "faster")
         assert set(r["phases_ms"]) == {"forward", "loss", "backward", "step"}
         # the label follows the interval (what the timings are is the benchmark's business, not a test's)
-        assert r["cost"] == timing.label(r["cost_ratio"], r["cost_ratio_low"], r["cost_ratio_high"],
+        assert r["cost"] == stats.label(r["cost_ratio"], r["cost_ratio_low"], r["cost_ratio_high"],
                                          params.cost.min_effect)
 
 
@@ -213,7 +214,7 @@ def test_each_loss_is_judged_against_its_own_reference(work):
 def test_truncated_steps_csv_is_an_error_naming_the_file(work):
     path = work / "runs" / "numpy_mse-cpu" / "steps.csv"
     path.write_text("".join(path.read_text().splitlines(keepends=True)[:10]))
-    with pytest.raises(report.ReportError, match=r"numpy_mse-cpu/steps.csv: 9 rows, expected 32 .*interrupted"):
+    with pytest.raises(verdict.ReportError, match=r"numpy_mse-cpu/steps.csv: 9 rows, expected 32 .*interrupted"):
         evaluate(work)
 
 
@@ -237,7 +238,12 @@ def test_main_writes_report_metrics_plots_and_pictures(work):
     assert "- **cuda** (torch_mse, functional_mse, module_mse, numpy_mse, numpy_detached, wrong_backward): no GPU in this test" in summary
     m = json.loads((out / "metrics.json").read_text())
     assert m["passed"] is True and m["configs"]["numpy_detached-cpu"]["verdict"] == "differs"
-    assert "cpu" in m["platform"]
+    # metrics fit a terminal: numbers, flags and one-word verdicts; no sentence, platform or reason
+    words = [v for c in m["configs"].values() for v in c.values() if isinstance(v, str)]
+    assert words and max(map(len, words)) <= 10 and "platform" not in m
+    assert all(name.endswith("-cpu") for name in m["configs"])  # not-run configurations stay in summary.json
+    full = json.loads((out / "summary.json").read_text())
+    assert "cpu" in full["platform"] and full["configs"]["torch_mse-cuda"]["reason"] == "no GPU in this test"
     loss = pd.read_csv(out / "plots" / "loss" / "cpu.csv")
     assert list(loss.columns) == ["global_step", *LOSSES] and len(loss) == 16
     for name in ("loss-cpu.png", "absdiff-cpu.png", "step-time.png"):
@@ -255,3 +261,14 @@ def test_main_writes_the_report_then_exits_nonzero_on_failure(work):
     md = (work / "out" / "report.md").read_text()
     assert "**Result: FAIL (1)**" in md and "## Failures" in md
     assert json.loads((work / "out" / "metrics.json").read_text())["passed"] is False
+
+
+def test_reading_params_judging_and_comparing_import_no_torch():
+    # torch costs ~3 s a process: the report, `make compare` and the params check need none of it
+    import subprocess
+    import sys
+
+    code = ("import sys; import stages.report, lossbench.compare, lossbench.config; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"

@@ -6,19 +6,19 @@ import math
 import numpy as np
 import pytest
 
-from lossbench import timing
+from lossbench import stats
 from tests.conftest import check_files, cost_file, small_params
 
 
 def test_ratio_interval_from_per_round_ratios():
     ref = np.array([10.0, 12.0, 9.0, 11.0])  # drift between rounds: it cancels
     cand = ref * np.array([1.10, 1.12, 1.08, 1.10])
-    ratio, lo, hi = timing.ratio_ci(cand, ref)
+    ratio, lo, hi = stats.ratio_ci(cand, ref)
     logs = np.log([1.10, 1.12, 1.08, 1.10])
     half = 3.182 * logs.std(ddof=1) / 2  # t(0.975, 3) * s / sqrt(4)
     assert ratio == pytest.approx(math.exp(logs.mean()))
     assert (lo, hi) == pytest.approx((math.exp(logs.mean() - half), math.exp(logs.mean() + half)))
-    assert timing.ratio_ci(ref, ref) == (1.0, 1.0, 1.0)
+    assert stats.ratio_ci(ref, ref) == (1.0, 1.0, 1.0)
 
 
 @pytest.mark.parametrize("ratio, lo, hi, label", [
@@ -28,11 +28,11 @@ def test_ratio_interval_from_per_round_ratios():
     (1.10, 0.98, 1.22, "no measurable difference"),  # large, but the interval holds 1
 ])
 def test_label_needs_an_interval_clear_of_1_and_a_minimum_effect(ratio, lo, hi, label):
-    assert timing.label(ratio, lo, hi, 1.05) == label
+    assert stats.label(ratio, lo, hi, 1.05) == label
 
 
 def test_t_quantiles():
-    assert timing.t975(9) == 2.262 and timing.t975(27) == 2.060 and abs(timing.t975(200) - 1.97) < 0.01
+    assert stats.t975(9) == 2.262 and stats.t975(27) == 2.060 and abs(stats.t975(200) - 1.97) < 0.01
 
 
 def test_cost_stage_times_every_loss_in_turn(tmp_path, synthetic):

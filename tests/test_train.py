@@ -8,9 +8,11 @@ import torch
 
 from lossbench import data, training
 from lossbench.config import load_params
-from lossbench.losses import REGISTRY, register
+from lossbench.io import read_tensors, write_steps
+from lossbench.losses import resolve
+from lossbench.registry import REGISTRY, Registered
 from lossbench.model import AutoEncoder
-from tests.conftest import check_files, small_params, train_config
+from tests.conftest import ROOT, check_files, small_params, train_config
 
 
 def run_main(tmp_path, synthetic, loss="numpy_mse", device="cpu", out="run", **train_params):
@@ -34,7 +36,7 @@ def test_outputs_of_a_run(tmp_path, synthetic):
     assert run["weights_changed"] and run["weights_start"] != run["weights_end"]
     assert run["params"]["batch_size"] == 64 and run["platform"]["versions"]["torch"] == torch.__version__
     assert run["fn"] == "numpy_mse" and run["loss_source"] == {"registered": "lossbench/losses.py"}
-    grads, weights = training.read_tensors(out / "grads.npz"), training.read_tensors(out / "weights.npz")
+    grads, weights = read_tensors(out / "grads.npz"), read_tensors(out / "weights.npz")
     assert list(grads) == list(weights) == [k for k, _ in AutoEncoder().named_parameters()]
     assert all(np.abs(g).max() > 0 for g in grads.values())
     assert run["determinism"]["use_deterministic_algorithms"] is True
@@ -46,9 +48,9 @@ def test_outputs_of_a_run(tmp_path, synthetic):
 
 def test_loss_round_trips_float32_exactly(synthetic):
     params = load_params("params.yaml").train.model_copy(update={"epochs": 1, "batch_size": 64})
-    batches = training.make_batches("preloaded", synthetic, "cpu", 64)
+    batches, _ = training.make_batches("preloaded", synthetic, "cpu", 64)
     losses = []
-    original = REGISTRY["torch_mse"].make
+    original = resolve("torch_mse", "torch_mse", {}).make
 
     def recording():
         fn = original()
@@ -56,7 +58,7 @@ def test_loss_round_trips_float32_exactly(synthetic):
 
     steps, _ = training.run_once(recording, batches, "cpu", params.epochs, params.lr, params.seed)
     path = synthetic / "steps.csv"
-    training.write_steps(path, steps)
+    write_steps(path, steps)
     back = torch.tensor(pd.read_csv(path)["loss"].to_numpy()).float()
     assert torch.equal(back, torch.stack([l.detach() for l in losses]))
 
@@ -74,26 +76,36 @@ def test_different_seed_changes_the_trajectory(tmp_path, synthetic):
     assert not pd.read_csv(a / "steps.csv")["loss"].equals(pd.read_csv(b / "steps.csv")["loss"])
 
 
-def broken(kind):
-    """A loss that goes wrong at its fourth call in one run (each make() starts counting anew)."""
+class Broken:
+    """A loss that goes wrong at its fourth call in one run (each run builds a fresh one)."""
 
-    def make():
-        calls = []
+    kind = None
 
-        def loss(a, b):
-            calls.append(1)
-            value = ((a - b) ** 2).mean()
-            if len(calls) < 4:
-                return value
-            if kind == "nan":
-                return value * float("nan")
-            if kind == "raises":
-                raise ValueError("shapes do not broadcast")
-            return (a - b) ** 2  # kind == "vector": forgot the reduction
+    def __init__(self):
+        self.calls = 0
 
-        return loss
+    def __call__(self, a, b):
+        self.calls += 1
+        value = ((a - b) ** 2).mean()
+        if self.calls < 4:
+            return value
+        if self.kind == "nan":
+            return value * float("nan")
+        if self.kind == "raises":
+            raise ValueError("shapes do not broadcast")
+        return (a - b) ** 2  # kind == "vector": forgot the reduction
 
-    return make
+
+class BrokenNan(Broken):
+    kind = "nan"
+
+
+class BrokenRaises(Broken):
+    kind = "raises"
+
+
+class BrokenVector(Broken):
+    kind = "vector"
 
 
 @pytest.mark.parametrize("kind, message", [
@@ -101,14 +113,12 @@ def broken(kind):
     ("raises", "the loss raised ValueError: shapes do not broadcast"),
     ("vector", r"the loss returned shape \(64, 784\), expected a scalar \(shape \(\)\): reduce it"),
 ])
-def test_failure_inside_a_run_is_one_line_naming_config_repeat_epoch_step(tmp_path, synthetic, capsys, kind, message):
+def test_failure_inside_a_run_is_one_line_naming_config_repeat_epoch_step(tmp_path, synthetic, capsys, monkeypatch,
+                                                                        kind, message):
     name = f"broken_{kind}_test_loss"
-    register(name)(broken(kind))
-    try:
-        with pytest.raises(SystemExit) as e:
-            run_main(tmp_path, synthetic, loss=name)
-    finally:
-        del REGISTRY[name]
+    monkeypatch.setitem(REGISTRY, name, Registered(f"tests.test_train:Broken{kind.capitalize()}"))
+    with pytest.raises(SystemExit) as e:
+        run_main(tmp_path, synthetic, loss=name)
     assert e.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"train: {name}-cpu repeat 1, epoch 1, step 4 (global step 4): ")
@@ -162,9 +172,9 @@ def test_preloaded_is_bitwise_identical_to_the_tutorial_loop_on_real_mnist(real_
     def first(batches, n=40):  # the first n batches of each epoch
         return lambda: (x for i, x in zip(range(n), batches()))
 
-    make = REGISTRY["numpy_mse"].make
-    a, _ = training.run_once(make, first(training.make_batches("preloaded", real_mnist, "cpu", 256)), "cpu", 2, 1e-3, 0)
-    b, _ = training.run_once(make, first(training.make_batches("dataloader", real_mnist, "cpu", 256)), "cpu", 2, 1e-3, 0)
+    make = resolve("numpy_mse", "numpy_mse", {}).make
+    a, _ = training.run_once(make, first(training.make_batches("preloaded", real_mnist, "cpu", 256)[0]), "cpu", 2, 1e-3, 0)
+    b, _ = training.run_once(make, first(training.make_batches("dataloader", real_mnist, "cpu", 256)[0]), "cpu", 2, 1e-3, 0)
     assert np.array_equal(a["loss"].to_numpy(), b["loss"].to_numpy())
     assert a["loss"].iloc[0] != a["loss"].iloc[-1]
 
@@ -177,9 +187,62 @@ def test_byte_table_is_totensors_division():
     assert torch.equal(transforms.ToTensor()(img).flatten(), data.byte_table("cpu"))
 
 
-def test_bench_runs_both_paths_and_checks_identity(synthetic, capsys):
+def test_bench_prints_both_paths_the_breakdown_and_the_cost_table(tmp_path, synthetic, capsys):
     from lossbench import bench
 
-    bench.main(["--params", "params.yaml", "--data", str(synthetic)])
+    params = small_params(tmp_path / "p.yaml", losses=["torch_mse", "functional_mse", "numpy_detached"])
+    bench.main(["--params", str(params), "--data", str(synthetic), "--rounds", "2"])
     out = capsys.readouterr().out
     assert "speed-up:" in out and "losses bitwise identical: True" in out
+    parts = re.findall(r"^  (.+?)\s+(-?\d+\.\d{3}) s\s+-?\d+\.\d% of the steps' own work$", out, re.M)
+    assert [p for p, _ in parts][:3] == ["load data", "seed, model, optimizer, digests", "steps' own work (n x median)"]
+    total = float(re.search(r"total / steps' own work: (\d+\.\d{3})x", out).group(1))
+    assert total == pytest.approx(sum(float(v) for _, v in parts) / float(parts[2][1]), abs=2e-3)
+    assert re.search(r"^  functional_mse\s+torch_mse\s+\d\.\d{3}x \[\d\.\d{3}, \d\.\d{3}\]", out, re.M)
+    assert re.search(r"^  torch_mse\s+-\s+1 \(reference\)", out, re.M)
+
+
+IMPORTS = """
+import json, sys
+from stages import {stage}
+{stage}.main({argv!r})
+heavy = ["torch", "torchvision"]
+print(json.dumps({{m: m in sys.modules for m in heavy}}))
+"""
+
+
+def imported(stage, argv):
+    """Which heavy modules a stage's process imported, run as DVC runs it (its own process)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", IMPORTS.format(stage=stage, argv=argv)], check=True,
+                         capture_output=True, text=True, cwd=ROOT).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def test_a_run_does_not_import_torchvision(tmp_path, synthetic):
+    # ~0.5 s a process beyond torch and torch._dynamo (which Adam itself imports), x every configuration
+    params = small_params(tmp_path / "p.yaml", losses=["torch_mse"])
+    checks = check_files(params, tmp_path / "check")
+    argv = ["--check", str(checks / "torch_mse-cpu.json"), "--params", str(params), "--data", str(synthetic),
+            "--out", str(tmp_path / "run")]
+    assert imported("train", argv) == {"torch": True, "torchvision": False}
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["determinism"]["use_deterministic_algorithms"]
+
+
+def test_a_configuration_that_cannot_run_here_imports_no_torch(tmp_path, synthetic):
+    check = {"config": "torch_mse-cuda", "loss": "torch_mse", "device": "cuda", "fn": "torch_mse", "args": {},
+             "source": {"registered": "lossbench/losses.py"}, "platform": {"host": "h"}, "available": False,
+             "reason": "no CUDA device here"}
+    (tmp_path / "check").mkdir()
+    (tmp_path / "check" / "torch_mse-cuda.json").write_text(json.dumps(check))
+    argv = ["--check", str(tmp_path / "check" / "torch_mse-cuda.json"), "--params", "params.yaml",
+            "--data", str(synthetic), "--out", str(tmp_path / "run")]
+    assert not any(imported("train", argv).values())
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["status"] == "unavailable" and run["reason"] == "no CUDA device here"
+    argv = ["--device", "cuda", "--params", "params.yaml", "--data", str(synthetic),
+            "--check", str(tmp_path / "check"), "--out", str(tmp_path / "cuda.json")]
+    assert not any(imported("cost", argv).values())
+    assert json.loads((tmp_path / "cuda.json").read_text())["status"] == "unavailable"

@@ -1,0 +1,214 @@
+"""The report people read: report.md, metrics.json, per-step plot data, PNGs."""
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from lossbench.io import PHASES, atomic_path  # noqa: E402
+
+
+def plot_tables(runs, plan):
+    """Per device: (losses, |loss - its reference|), each a wide table indexed by global_step.
+
+    A reference's own column in the second table is 0: it is compared with nothing.
+    """
+    out = {}
+    for device in sorted({d for (_, d), r in runs.items() if r.steps is not None}):
+        ran = {l: r for (l, d), r in runs.items() if d == device and r.steps is not None}
+        steps = next(iter(ran.values())).steps
+        idx = pd.Index(steps.loc[steps["repeat"] == 1, "global_step"], name="global_step")
+        loss = pd.DataFrame({l: r.losses() for l, r in ran.items()}, index=idx)
+        diff = pd.DataFrame({l: (loss[l] - loss[plan[l].reference or l]).abs() for l in loss}, index=idx)
+        out[device] = (loss, diff)
+    return out
+
+
+# a loss's look: colour and line style both differ, so curves stay apart in grey print too; black is the tolerance's
+COLOURS = plt.get_cmap("tab10").colors
+STYLES = ("-", "--", "-.", (0, (5, 1, 1, 1, 1, 1)))
+TOLERANCE = {"color": "black", "ls": ":", "lw": 1.5}
+
+
+def _style(i):
+    return {"color": COLOURS[i % len(COLOURS)], "ls": STYLES[i % len(STYLES)], "lw": 1.2}
+
+
+def _twins(loss):
+    """Per column, the earlier column it equals bit for bit at every step (drawn on top of it), or None."""
+    cols = list(loss.columns)
+    return {c: next((o for o in cols[:i] if loss[o].equals(loss[c])), None) for i, c in enumerate(cols)}
+
+
+def draw(tables, res, params, out):
+    """The report's pictures: loss curves, |diff| on a log scale, timed step with its interval."""
+    paths = []
+    tol = params.report.same_device
+    plan = params.plan()
+    order = list(plan)  # one order everywhere: train.losses, as the tables
+    for device, (loss, diff) in tables.items():
+        fig, ax = plt.subplots(figsize=(9.5, 3.8), dpi=80)
+        twins = _twins(loss)
+        for i, name in enumerate(loss.columns):
+            same = f" (= {twins[name]} at every step: on top of it)" if twins[name] else ""
+            ax.plot(loss.index, loss[name], label=name + same, **_style(i))
+        ax.set(title=f"Loss per step ({device})", xlabel="global step", ylabel="loss")
+        note = "a curve bitwise equal to another lies on top of it" if any(twins.values()) else None
+        # beside the axes: never over data
+        ax.legend(fontsize=7, title=note, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        paths.append(_save(fig, out / f"loss-{device}.png"))
+        fig, ax = plt.subplots(figsize=(9.5, 3.8), dpi=80)
+        for i, name in enumerate(diff.columns):
+            if plan[name].reference is None:
+                continue
+            # bitwise-equal steps (diff 0) cannot sit on a log axis: left out
+            label = f"{name} vs {plan[name].reference}" + (" (bitwise equal: no line)" if (diff[name] == 0).all() else "")
+            ax.plot(diff.index, diff[name].where(diff[name] > 0), label=label, **_style(i))
+        for ref in sorted({plan[n].reference for n in diff.columns if plan[n].reference is not None}):
+            bound = tol.atol + tol.rtol * loss[ref].abs()
+            ax.plot(bound.index, bound, label=f"tolerance ({tol.atol:g} + {tol.rtol:g} * |{ref}|)", **TOLERANCE)
+        ax.set_yscale("log")
+        ax.set(title=f"|loss - its reference| per step ({device})", xlabel="global step",
+               ylabel="|diff| (zeros not drawn)")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        paths.append(_save(fig, out / f"absdiff-{device}.png"))
+    timed = pd.DataFrame([{"loss": r["loss"], "device": r["device"], "ms": r["cost_step_ms"][0],
+                           "lo": r["cost_step_ms"][0] - r["cost_step_ms"][1],
+                           "hi": r["cost_step_ms"][2] - r["cost_step_ms"][0]}
+                          for r in res.configs.values() if r.get("cost_step_ms")])
+    if not timed.empty:
+        rows = [n for n in order if n in set(timed["loss"])]
+        ms, lo, hi = (timed.pivot(index="loss", columns="device", values=v).reindex(rows) for v in ("ms", "lo", "hi"))
+        fig, ax = plt.subplots(figsize=(7, 3.8), dpi=80)
+        ms.plot.barh(ax=ax, xerr=np.stack([lo.to_numpy().T, hi.to_numpy().T], axis=1), capsize=2)
+        ax.invert_yaxis()  # first row on top, as in the tables
+        ax.legend(title="device", fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        ax.set(title="Timed step, all losses in turn (bars: 95% interval)", xlabel="ms per step", ylabel="")
+        paths.append(_save(fig, out / "step-time.png"))
+    return paths
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def _grad(r):
+    """The step-1 gradient column: the relative error, or the factor when it is one."""
+    if not isinstance(getattr(r, "grad_summary", None), str):
+        return ""
+    factor = r.grad_factor
+    if not r.grad_within and isinstance(factor, float) and not np.isnan(factor):
+        return "**no gradient**" if factor == 0 else f"**{factor:.3f}x**"
+    return fmt(r.grad_max_rel_err, ".3g") if r.grad_within else f"**{r.grad_max_rel_err:.3g}**"
+
+
+def _ci(m, spec):
+    """``mean [low, high]`` from (mean, low, high)."""
+    return "" if not isinstance(m, (list, tuple)) else f"{m[0]:{spec}} [{m[1]:{spec}}, {m[2]:{spec}}]"
+
+
+def _cost(r):
+    if "cost_ratio" not in r or (isinstance(r["cost_ratio"], float) and np.isnan(r["cost_ratio"])):
+        return ""
+    if r["cost"] == "reference":
+        return "1 (reference)"
+    return f"{r['cost_ratio']:.2f}x [{r['cost_ratio_low']:.2f}, {r['cost_ratio_high']:.2f}]: {r['cost']}"
+
+
+def fmt(x, spec):
+    return "" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
+
+
+def markdown(params, res, images):
+    rp = params.report
+    rows = pd.DataFrame(res.configs.values())
+    lines = ["# lossbench report", ""]
+    lines.append("**Result: " + ("PASS" if not res.failures else f"FAIL ({len(res.failures)})") + "**")
+    lines.append("")
+    t = params.train
+    lines.append(f"Seed {t.seed}, {t.epochs} epochs, batch {t.batch_size}, Adam lr {t.lr:g}, loader `{t.loader}`, "
+                 f"{t.repeats} repeats per configuration.")
+    lines.append("")
+    for device, p in res.platforms.items():
+        lines.append(f"- `{device}`: {p['gpu'] or p['cpu']}; torch {p['torch']}"
+                     + (f", CUDA {p['cuda']}" if device == "cuda" else f", {p['threads']} threads")
+                     + f", Python {p['python']}")
+    lines.append("")
+    notrun = rows[rows["status"] != "ran"]
+    if not notrun.empty:
+        lines += ["## Not run", ""]
+        for (device, reason), group in notrun.groupby(["device", "reason"], sort=False):
+            lines.append(f"- **{device}** ({', '.join(group['loss'])}): {reason}")
+        lines.append("")
+    ran = rows[rows["status"] == "ran"].copy()
+    if not ran.empty:
+        lines += ["## Verdicts", "",
+                  "Each loss against its own reference on the same device: `equal` when every step passes "
+                  f"|loss - ref| <= {rp.same_device.atol:g} + {rp.same_device.rtol:g} * |ref| and every "
+                  f"parameter's step-1 gradient passes max |g - g_ref| <= {rp.gradient.rtol:g} * max |g_ref|.", ""]
+        v = pd.DataFrame({
+            "config": ran["loss"] + "-" + ran["device"], "reference": ran["reference"].fillna("-"),
+            "expected": ran["expected"], "verdict": ran["verdict"],
+            "ok": ran["passed"].map({True: "yes", False: "**NO**"}),
+            "max abs diff": ran["max_abs_diff"].map(lambda x: fmt(x, ".3g")),
+            "step-1 grad rel err": [_grad(r) for r in ran.itertuples()],
+            "final weights max abs diff": ran.get("weights_max_abs_diff", pd.Series(dtype=float)).map(
+                lambda x: fmt(x, ".3g")),
+            "bitwise-equal steps": [f"{int(e)} / {int(n)}" for e, n in zip(ran["bitwise_equal_steps"], ran["steps"])],
+            "weights changed": ran["weights_changed"], "repeats identical": ran["repeats_identical"],
+        })
+        cp = params.cost
+        lines += [v.to_markdown(index=False), "", "## Cost", "",
+                  f"Cost vs reference: every loss of a device timed in one process, taking turns a step at a time, "
+                  f"{cp.rounds} rounds of {cp.steps} steps per loss after {cp.warmup_steps} untimed ones; the ratio "
+                  f"of per-round median steps, with its 95% interval. A difference is named only where the interval excludes 1 and the "
+                  f"ratio is beyond {cp.min_effect:g}x. Training step: the median over the training repeats "
+                  "(separate processes, minutes apart: drift between them does not cancel).", ""]
+        c = pd.DataFrame({
+            "config": ran["loss"] + "-" + ran["device"],
+            "cost vs reference": [_cost(r) for r in ran.to_dict("records")],
+            "timed step (ms)": [_ci(r.get("cost_step_ms"), ".3f") for r in ran.to_dict("records")],
+            "training step (ms)": ran["median_step_ms"].map(lambda x: fmt(x, ".3f")),
+            "spread over repeats (ms)": [f"{a:.3f}-{b:.3f}" for a, b in zip(ran["step_ms_min"], ran["step_ms_max"])],
+            "total (s)": ran["total_s"].map(lambda x: fmt(x, ".2f")),
+        })
+        lines += [c.to_markdown(index=False), ""]
+    if res.failures:
+        lines += ["## Failures", ""] + [f"- {f}" for f in res.failures] + [""]
+    lines += ["## Details", ""]
+    judged = [r for r in res.configs.values() if r.get("grad_summary")]
+    if judged:
+        lines += ["### Gradients and weights", "",
+                  "Step 1, from the same initial weights and first batch as the reference; final weights "
+                  "after the last step, largest |diff| over every tensor.", ""]
+        lines += [f"- **{r['loss']}-{r['device']}** vs {r['reference']}: {r['grad_summary']}; final weights "
+                  f"max |diff| {r['weights_max_abs_diff']:.3g} (in {r['weights_worst_tensor']})" for r in judged]
+        lines.append("")
+    if res.cross:
+        lines += ["### Across devices", "",
+                  f"Tolerance: {rp.cross_device.atol:g} + {rp.cross_device.rtol:g} * |ref|.", "",
+                  pd.DataFrame([{"loss pair": k, **v} for k, v in res.cross.items()]).to_markdown(index=False), ""]
+    timed = [r for r in res.configs.values() if "phases_ms" in r]
+    if timed:
+        ph = pd.DataFrame([{"config": f"{r['loss']}-{r['device']}",
+                            **{f"{k} (ms)": _ci(r["phases_ms"][k], ".3f") for k in PHASES}} for r in timed])
+        lines += ["### Where the time goes", "",
+                  "Per phase, from the same interleaved measurement: the mean over rounds of each round's median, "
+                  "with its 95% interval (CUDA events on CUDA, so a device-to-host copy shows in `loss`).", "",
+                  ph.to_markdown(index=False), ""]
+    if images:
+        lines += ["### Pictures", ""] + [f"![{p.stem}]({p.name})" for p in images] + [""]
+    return "\n".join(lines)
+
+
+def write_plot_data(tables, out):
+    for device, (loss, diff) in tables.items():
+        for kind, df in (("loss", loss), ("absdiff", diff)):
+            with atomic_path(out / "plots" / kind / f"{device}.csv") as tmp:
+                df.to_csv(tmp)

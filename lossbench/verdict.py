@@ -1,0 +1,225 @@
+"""Judging the runs: every assertion of the report, as data (lossbench.render writes it out).
+
+Per device, each loss against its own reference (every step's loss within the
+tolerance, every step-1 gradient within its tolerance, final weights compared
+per tensor), or differing where that is expected; weights changed exactly for
+the losses that should train; repeats bitwise identical; each loss equal to
+itself across devices; and each candidate's cost ratio to its reference.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lossbench import evidence, stats
+from lossbench.errors import UserError
+from lossbench.io import STEP_COLUMNS, read_json, read_tensors
+
+
+class ReportError(UserError):
+    """A run directory that cannot be read as a finished run."""
+
+
+@dataclass
+class Run:
+    loss: str
+    device: str
+    info: dict
+    steps: pd.DataFrame | None = None  # None when the configuration did not run
+    grads: dict | None = None  # step-1 gradient per parameter
+    weights: dict | None = None  # final weights per parameter
+
+    @property
+    def name(self):
+        return f"{self.loss}-{self.device}"
+
+    def losses(self, repeat=1):
+        s = self.steps
+        return s.loc[s["repeat"] == repeat, "loss"].to_numpy()
+
+
+def load_run(run_dir, loss, device):
+    run_dir = Path(run_dir)
+    info = read_json(run_dir / "run.json")
+    if info.get("status") != "ran":
+        return Run(loss, device, info)
+    path = run_dir / "steps.csv"
+    if not path.is_file():
+        raise ReportError(f"{path}: missing, but run.json says the run finished")
+    steps = pd.read_csv(path)
+    if list(steps.columns) != STEP_COLUMNS:
+        raise ReportError(f"{path}: columns {list(steps.columns)}, expected {STEP_COLUMNS}")
+    want = info["steps"] * len(info["repeats"])
+    if len(steps) != want:
+        raise ReportError(f"{path}: {len(steps)} rows, expected {want} "
+                          f"({info['steps']} steps x {len(info['repeats'])} repeats): an interrupted run?")
+    return Run(loss, device, info, steps, read_tensors(run_dir / "grads.npz"), read_tensors(run_dir / "weights.npz"))
+
+
+def load_runs(runs_dir, losses, devices):
+    return {(l, d): load_run(Path(runs_dir) / f"{l}-{d}", l, d) for d in devices for l in losses}
+
+
+def repeat_mismatch(run):
+    """None when every repeat's losses and final weights equal repeat 1's bit for bit, else the first difference."""
+    digests = [r["weights_end"] for r in run.info["repeats"]]
+    for r, d in enumerate(digests[1:], 2):
+        if d != digests[0]:
+            return f"{run.name}: repeat {r} ends with other weights than repeat 1 ({d[:12]} vs {digests[0][:12]})"
+    first = run.losses(1)
+    for r in sorted(run.steps["repeat"].unique())[1:]:
+        other = run.losses(r)
+        diff = np.flatnonzero(first != other)
+        if diff.size:
+            j = int(diff[0])
+            return (f"{run.name}: repeat {r} differs from repeat 1 at global step {j + 1}: "
+                    f"{other[j]!r} vs {first[j]!r}")
+    return None
+
+
+def describe(v):
+    f = v["first_violation"]
+    return (f"global step {f['global_step']} (epoch {f['epoch']}, step {f['step']}): "
+            f"loss {f['loss']!r} vs reference {f['reference']!r}, "
+            f"|diff| {f['abs_diff']:.3g} > tolerance {f['tolerance']:.3g}")
+
+
+def step_ms(run):
+    meds = [r["step_seconds"]["median"] * 1e3 for r in run.info["repeats"]]
+    p90s = [r["step_seconds"]["p90"] * 1e3 for r in run.info["repeats"]]
+    totals = [r["total_seconds"] for r in run.info["repeats"]]
+    return {"median_step_ms": float(np.median(meds)), "step_ms_min": float(min(meds)),
+            "step_ms_max": float(max(meds)), "p90_step_ms": float(np.median(p90s)),
+            "total_s": float(np.median(totals))}
+
+
+@dataclass
+class Result:
+    configs: dict = field(default_factory=dict)  # name -> metrics row
+    cross: dict = field(default_factory=dict)  # loss -> cross-device row
+    failures: list = field(default_factory=list)
+    platforms: dict = field(default_factory=dict)  # device -> platform summary
+
+
+def platform_summary(p):
+    gpus = p["cuda"]["gpus"]
+    return {"cpu": p["cpu"], "gpu": ", ".join(gpus) if gpus else None, "torch": p["versions"]["torch"],
+            "cuda": p["cuda"]["runtime"] if p["cuda"]["available"] else None,
+            "python": p["python"], "threads": p["torch_threads"]}
+
+
+def cost_rows(params, costs):
+    """Per configuration that was timed: its cost ratio to its reference with a 95% interval, and its phases."""
+    plan, rows = params.plan(), {}
+    for device, c in costs.items():
+        if c["status"] != "ran":
+            continue
+        for loss, m in c["losses"].items():
+            ref = plan[loss].reference or loss
+            ratio, lo, hi = stats.ratio_ci(m["step_seconds"], c["losses"][ref]["step_seconds"])
+            phases = {p: [v * 1e3 for v in vals] for p, vals in m["phase_seconds"].items()}
+            rows[f"{loss}-{device}"] = {
+                "cost_ratio": ratio, "cost_ratio_low": lo, "cost_ratio_high": hi,
+                "cost": "reference" if ref == loss else stats.label(ratio, lo, hi, params.cost.min_effect),
+                "cost_step_ms": stats.mean_ci([v * 1e3 for v in m["step_seconds"]]),
+                "phases_ms": {p: stats.mean_ci(v) for p, v in phases.items()},
+            }
+    return rows
+
+
+def evaluate(params, runs, costs=None):
+    """Every assertion, as data: metrics rows and a list of failure messages."""
+    rp, train = params.report, params.train
+    timed = cost_rows(params, costs or {})
+    plan = params.plan()
+    res = Result()
+    for (loss, device), run in runs.items():
+        judged = plan[loss]
+        expected = "reference" if judged.reference is None else judged.expect
+        row = {"loss": loss, "device": device, "status": run.info["status"], "expected": expected,
+               "reference": judged.reference}
+        res.configs[run.name] = row
+        if run.steps is None:
+            row.update(reason=run.info.get("reason"), passed=True, verdict="not run")
+            continue
+        res.platforms.setdefault(device, platform_summary(run.info["platform"]))
+        row.update(step_ms(run))
+        row.update(timed.get(run.name, {}))
+        row["weights_changed"] = run.info["weights_changed"]
+        row["steps"] = run.info["steps"]
+        checks = []
+        if judged.reference is not None:
+            ref = runs[(judged.reference, device)]
+            c = evidence.trajectory(run.losses(), ref.losses(), rp.same_device.atol, rp.same_device.rtol, ref.steps)
+            g = evidence.gradients(run.grads, ref.grads, rp.gradient.rtol, c["first_step_within"])
+            w = evidence.weights(run.weights, ref.weights)
+            row.update({k: c[k] for k in ("max_abs_diff", "tol_used", "max_at_global_step", "bitwise_equal_steps")})
+            row.update(grad_within=g["within"], grad_max_rel_err=g["max_rel_err"],
+                       grad_tol_used=g["max_rel_err"] / rp.gradient.rtol if rp.gradient.rtol else None,
+                       grad_factor=g["factor"],
+                       grad_summary=g["summary"], weights_max_abs_diff=w["max_abs_diff"],
+                       weights_worst_tensor=w["worst_tensor"])
+            row["verdict"] = "equal" if c["within"] and g["within"] else "differs"
+            if expected == "equal" and not g["within"]:
+                checks.append(f"{run.name}: expected equal to {ref.name}, but {g['summary']}")
+            if expected == "equal" and not c["within"]:
+                why = ""
+                if g["within"]:  # the formula is right: say so, or a correct loss reads as a wrong one
+                    why = (f"; its step-1 gradients agree (max rel err {g['max_rel_err']:.2g}), so this is rounding "
+                           "drift that training grew, not a wrong formula: compute in torch's order of operations "
+                           "(see losses/examples.py) or widen report.same_device")
+                checks.append(f"{run.name}: expected equal to {ref.name}, first broken at {describe(c)}{why}")
+            if expected == "differs" and row["verdict"] == "equal":
+                checks.append(f"{run.name}: expected to differ from {ref.name}, but every step is within "
+                              f"tolerance (max |diff| {c['max_abs_diff']:.3g}) and so is every step-1 gradient: "
+                              "this check cannot fail")
+        else:
+            row.update(verdict="reference", max_abs_diff=0.0, tol_used=0.0, bitwise_equal_steps=run.info["steps"])
+        if run.info["weights_changed"] != run.info["updates_weights"]:
+            checks.append(f"{run.name}: weights {'changed' if run.info['weights_changed'] else 'did not change'}"
+                          f", expected them {'to change' if run.info['updates_weights'] else 'unchanged'}")
+        mismatch = repeat_mismatch(run)
+        row["repeats"] = len(run.info["repeats"])
+        row["repeats_identical"] = mismatch is None
+        if mismatch:
+            checks.append(mismatch)
+        row["passed"] = not checks
+        res.failures += checks
+    for loss in train.losses:
+        ran = [runs[(loss, d)] for d in train.devices if runs[(loss, d)].steps is not None]
+        for other in ran[1:]:
+            base = ran[0]
+            c = evidence.trajectory(other.losses(), base.losses(), rp.cross_device.atol, rp.cross_device.rtol,
+                                    base.steps)
+            key = f"{loss}:{base.device}-vs-{other.device}"
+            res.cross[key] = {"max_abs_diff": c["max_abs_diff"], "tol_used": c["tol_used"],
+                              "bitwise_equal_steps": c["bitwise_equal_steps"], "passed": c["within"]}
+            if not c["within"]:
+                res.failures.append(f"{other.name} vs {base.name}: first broken at {describe(c)}")
+    return res
+
+
+# What `dvc metrics show / diff` and `dvc exp show` print: numbers, flags and one-word verdicts, in units that
+# stay readable at DVC's default 5 decimals. Sentences, platforms and reasons live in summary.json and report.md.
+METRIC_FIELDS = ("passed", "verdict", "tol_used", "bitwise_equal_steps", "grad_tol_used", "weights_max_abs_diff",
+                 "repeats_identical", "median_step_ms", "cost_ratio", "cost_ratio_low", "cost_ratio_high")
+
+
+def metrics(res):
+    """reports/metrics.json: per configuration that ran, the fields above; per loss pair across devices."""
+    return {"passed": not res.failures, "failures": len(res.failures),
+            "configs": {k: {f: row[f] for f in METRIC_FIELDS if row.get(f) is not None}
+                        for k, row in res.configs.items() if row["status"] == "ran"},
+            "cross_device": {k: {f: v[f] for f in ("passed", "tol_used", "bitwise_equal_steps")}
+                             for k, v in res.cross.items()}}
+
+
+def summary(params, res):
+    """reports/summary.json: every row in full, the tolerances and the platforms (what `make compare` reads)."""
+    return {"passed": not res.failures, "failures": len(res.failures),
+            "tolerance": {"same_device": params.report.same_device.model_dump(),
+                          "cross_device": params.report.cross_device.model_dump(),
+                          "gradient": params.report.gradient.model_dump()},
+            "platform": res.platforms, "cross_device": res.cross, "configs": res.configs}
