@@ -51,9 +51,10 @@ def byte_table(device):
 
 def preload(root, device):
     """The whole training set as (N, 784) float32 on ``device``, equal to ToTensor's output."""
-    images = train_images(root).view(-1)  # (N * 784,) uint8, on the CPU
-    # index_select with int32 indices: the fastest exact lookup measured (vs fancy indexing)
-    return byte_table(device).index_select(0, images.to(device).int()).view(-1, 28 * 28)  # (N, 784) float32
+    images = train_images(root).view(-1).numpy()  # (N * 784,) uint8
+    # looked up on the CPU, then moved: NumPy indexing took 0.09 s here, torch's index_select 0.17 s
+    values = byte_table("cpu").numpy()[images]  # (N * 784,) float32
+    return torch.from_numpy(values).view(-1, 28 * 28).to(device)  # (N, 784)
 
 
 def preloaded_batches(images, batch_size):
