@@ -51,10 +51,9 @@ def byte_table(device):
 
 def preload(root, device):
     """The whole training set as (N, 784) float32 on ``device``, equal to ToTensor's output."""
-    images = train_images(root).view(-1).numpy()  # (N * 784,) uint8
-    # looked up on the CPU, then moved: NumPy indexing took 0.09 s here, torch's index_select 0.17 s
-    values = byte_table("cpu").numpy()[images]  # (N * 784,) float32
-    return torch.from_numpy(values).view(-1, 28 * 28).to(device)  # (N, 784)
+    images = train_images(root).view(-1)  # (N * 784,) uint8, on the CPU
+    # ~0.2 s here, nearly all of it first touches of the 188 MB result (NumPy indexing measured the same)
+    return byte_table(device).index_select(0, images.to(device).int()).view(-1, 28 * 28)  # (N, 784) float32
 
 
 def preloaded_batches(images, batch_size):
