@@ -197,7 +197,9 @@ def test_bench_prints_both_paths_the_breakdown_and_the_cost_table(tmp_path, synt
     parts = re.findall(r"^  (.+?)\s+(-?\d+\.\d{3}) s\s+-?\d+\.\d% of the steps' own work$", out, re.M)
     assert [p for p, _ in parts][:3] == ["load data", "seed, model, optimizer, digests", "steps' own work (n x median)"]
     total = float(re.search(r"total / steps' own work: (\d+\.\d{3})x", out).group(1))
-    assert total == pytest.approx(sum(float(v) for _, v in parts) / float(parts[2][1]), abs=2e-3)
+    own = float(parts[2][1])
+    slack = len(parts) * 5e-4 / own + 5e-4  # each part is printed to the ms; the ratio to 3 decimals
+    assert total == pytest.approx(sum(float(v) for _, v in parts) / own, abs=slack)
     assert re.search(r"^  functional_mse\s+torch_mse\s+\d\.\d{3}x \[\d\.\d{3}, \d\.\d{3}\]", out, re.M)
     assert re.search(r"^  torch_mse\s+-\s+1 \(reference\)", out, re.M)
 
