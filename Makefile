@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help repro test bench compare docker docker-repro clean
+.PHONY: help repro test bench compare docker docker-repro docker-test clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -42,3 +42,6 @@ docker:  ## build the CUDA image (needs a Docker engine)
 docker-repro:  ## run the pipeline in the image on all GPUs, results land here
 	docker run --rm --gpus all --user "$$(id -u):$$(id -g)" -e LOSSBENCH_REQUIRE_DEVICES \
 		-v "$(CURDIR)":/workspace $(IMAGE)
+
+docker-test:  ## build the image (docker, else podman) and run it on a fresh clone: the container's checks
+	IMAGE=$(IMAGE) docker/test.sh

@@ -20,6 +20,15 @@ if ! git config --global --get-all safe.directory 2>/dev/null | grep -qxF "$PWD"
     git config --global --add safe.directory "$PWD"
 fi
 
+# `dvc exp run` stashes the workspace with git, which needs an identity. A fallback only where none is
+# configured (a mounted ~/.gitconfig, GIT_AUTHOR_NAME, ...): the user's own always wins.
+if ! git config user.name >/dev/null 2>&1 && [ -z "${GIT_AUTHOR_NAME:-}" ]; then
+    git config --global user.name "lossbench container"
+fi
+if ! git config user.email >/dev/null 2>&1 && [ -z "${GIT_AUTHOR_EMAIL:-}" ]; then
+    git config --global user.email "lossbench@container.invalid"
+fi
+
 # CUDA configurations requested but no GPU visible: say why and what to type.
 # LOSSBENCH_REQUIRE_DEVICES=1 makes that fatal (exit 3); otherwise they are reported as not run.
 python -m lossbench.gpu || exit $?

@@ -146,6 +146,22 @@ def test_unwritable_home_is_replaced(project):
     assert out.returncode == 0 and out.stdout.strip() == str(repo)
 
 
+def test_a_fallback_git_identity_only_where_none_is_configured(project, tmp_path):
+    # `dvc exp run` stashes with git, which refuses to without an identity (a container's fresh HOME has none)
+    repo, env = project
+    out = entry(repo, env, "git", "config", "user.email")
+    assert out.returncode == 0 and out.stdout.strip() == "lossbench@container.invalid"
+    # the user's own wins: a mounted ~/.gitconfig ...
+    (Path(env["HOME"]) / ".gitconfig").write_text("[user]\n\tname = Ada\n\temail = ada@example.org\n")
+    out = entry(repo, env, "git", "config", "user.email")
+    assert out.stdout.strip() == "ada@example.org"
+    # ... or git's own environment variables: then nothing is written
+    (tmp_path / "h2").mkdir()
+    out = entry(repo, env, "git", "config", "--global", "--list", HOME=str(tmp_path / "h2"),
+                GIT_AUTHOR_NAME="Bob", GIT_AUTHOR_EMAIL="bob@example.org")
+    assert "user.name" not in out.stdout and "user.email" not in out.stdout
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the repository to another uid")
 def test_repository_owned_by_another_uid(project):
     repo, env = project
