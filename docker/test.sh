@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make docker-test`: build the image and run it as a user would, on a fresh clone of this repository.
-# Engine: docker, else podman (ENGINE=... to choose). No network inside the runs; the MNIST mirror
+# Engine: docker where its engine runs, else podman (ENGINE=... to choose). No network inside the runs; the MNIST mirror
 # ($MNIST_MIRROR, a directory of the four .gz files) is mounted read-only. Runs as a non-root --user and
 # checks: the no-GPU message; `dvc repro` PASS with every file owned by that user; a second `dvc repro`
 # re-runs nothing; `dvc exp run -S train.epochs=1` works; exit 3 with LOSSBENCH_REQUIRE_DEVICES=1;
@@ -10,7 +10,10 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 say() { echo "docker-test: $*"; }
-ENGINE=${ENGINE:-$(command -v docker || command -v podman || true)}
+if [ -z "${ENGINE:-}" ]; then  # a docker client without a running engine does not count
+    if command -v docker >/dev/null && docker info >/dev/null 2>&1; then ENGINE=docker
+    else ENGINE=$(command -v podman || true); fi
+fi
 if [ -z "$ENGINE" ] && [ -x ../shared/container/setup.sh ] && [ "$(id -u)" = 0 ]; then
     say "no docker or podman here: installing podman with ../shared/container/setup.sh"
     ../shared/container/setup.sh >/dev/null
