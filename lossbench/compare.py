@@ -83,6 +83,16 @@ def trajectories(a, b, rev_a, rev_b, repo="."):
     return lines
 
 
+def not_run_lines(a, b):
+    """One line per device: the configurations that ran neither at A nor at B, and why (B's reason)."""
+    by_device = {}
+    for name, cb in sorted(b["configs"].items()):
+        if cb.get("verdict") == "not run" and a["configs"].get(name, {}).get("verdict") == "not run":
+            by_device.setdefault(cb["device"], ([], cb.get("reason")))[0].append(name)
+    return [f"{device}: not run at A nor at B ({len(names)}: {', '.join(names)})" + (f": {reason}" if reason else "")
+            for device, (names, reason) in by_device.items()]
+
+
 def platform_label(metrics, device):
     p = metrics.get("platform", {}).get(device)
     if p is None:
@@ -95,6 +105,8 @@ def diff(a, b, factor):
     tables, problems = {}, []
     for name in sorted(set(a["configs"]) | set(b["configs"])):
         ca, cb = a["configs"].get(name, {}), b["configs"].get(name, {})
+        if ca.get("verdict") == cb.get("verdict") == "not run":  # nothing to compare: listed in one line
+            continue
         device = (ca or cb)["device"]
         pa, pb = platform_label(a, device), platform_label(b, device)
         # the cost stage's timed step, [mean, low, high] ms; older reports have only the training median
@@ -170,6 +182,8 @@ def compare(args):
     print("\n".join(trajectories(a, b, args.a, args.b, args.repo)))
     for name, table in tables.items():
         print(f"\n{name}\n{table.to_markdown()}")
+    for line in not_run_lines(a, b):
+        print(f"\n{line}")
     if problems:
         sys.exit("\ncompare: B fails the gate:\n  " + "\n  ".join(problems))
     print("\ncompare: nothing got worse, and B passes")

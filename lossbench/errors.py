@@ -36,11 +36,15 @@ def raised(e):
     working directory when it lies inside it.
     """
     here = Path.cwd().resolve()
+
+    def at(filename, lineno):
+        path = Path(filename).resolve()
+        return f" (at {path.relative_to(here) if path.is_relative_to(here) else path}:{lineno})"
+
+    if isinstance(e, SyntaxError) and e.filename:  # raised while compiling: no frame of the user's file
+        return f"{type(e).__name__}: {e.msg}{at(e.filename, e.lineno)}"
     lib = Path(__file__).resolve().parent
     frames = [f for f in traceback.extract_tb(e.__traceback__)
               if "site-packages" not in f.filename and not Path(f.filename).resolve().is_relative_to(lib)]
-    where = ""
-    if frames:
-        path = Path(frames[-1].filename).resolve()
-        where = f" (at {path.relative_to(here) if path.is_relative_to(here) else path}:{frames[-1].lineno})"
+    where = at(frames[-1].filename, frames[-1].lineno) if frames else ""
     return f"{type(e).__name__}: {e}{where}"

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lossbench.errors import UserError
+from lossbench.errors import UserError, raised
 from lossbench.registry import REGISTRY
 
 
@@ -107,7 +107,7 @@ def import_fn(fn):
     except ImportError as e:
         raise UserError(f"cannot import module {module_name!r} ({e})") from e
     except Exception as e:  # the user's module itself is broken (SyntaxError, NameError, ...): say which
-        raise UserError(f"importing {module_name!r} raised {type(e).__name__}: {e}") from e
+        raise UserError(f"importing {module_name!r} raised {raised(e)}") from e
     try:
         obj = getattr(module, attr)
     except AttributeError:

@@ -21,7 +21,8 @@ BASE = {
         "numpy_mse-cpu": {"loss": "numpy_mse", "device": "cpu", "verdict": "equal", "passed": True,
                           "max_abs_diff": 3e-6, "median_step_ms": 5.2, "cost_step_ms": [5.2, 5.0, 5.4],
                           "reference": "torch_mse"},
-        "numpy_mse-cuda": {"loss": "numpy_mse", "device": "cuda", "verdict": "not run", "passed": True},
+        "numpy_mse-cuda": {"loss": "numpy_mse", "device": "cuda", "verdict": "not run", "passed": True,
+                           "reason": "no GPU here"},
     },
 }
 
@@ -79,7 +80,17 @@ def test_identical_commits_exit_zero(repo):
     out = run_make(repo, a, a)
     assert out.returncode == 0, out.stderr
     assert "compare: nothing got worse" in out.stdout
-    assert "numpy_mse-cpu" in out.stdout and "numpy_mse-cuda" in out.stdout
+    assert "\nnumpy_mse-cpu\n|" in out.stdout  # a table for what ran
+    # what ran at neither side: one line per device with its reason, no table
+    assert "\nnumpy_mse-cuda\n" not in out.stdout
+    assert "\ncuda: not run at A nor at B (1: numpy_mse-cuda): no GPU here\n" in out.stdout
+
+
+def test_a_configuration_that_stopped_running_keeps_its_table():
+    gone = changed(**{"numpy_mse-cpu": {"verdict": "not run", "passed": True, "reason": "no GPU here"}})
+    tables, _ = compare.diff(BASE, gone, 2.0)
+    assert tables["numpy_mse-cpu"].loc["verdict", "B"] == "not run (pass)"
+    assert compare.not_run_lines(BASE, gone) == ["cuda: not run at A nor at B (1: numpy_mse-cuda): no GPU here"]
 
 
 def test_slower_step_is_reported_and_fails(repo):

@@ -157,6 +157,19 @@ def test_user_loss_that_does_not_resolve_is_a_clear_error(name, message):
         build(name)
 
 
+@pytest.mark.parametrize("body, message", [
+    ("def f(a, b)\n    return a\n", r"raised SyntaxError: expected ':' \(at brokenloss_syn\.py:1\)"),
+    ("x = 1\ny = undefined_name\n", r"raised NameError: name 'undefined_name' is not defined \(at brokenloss_name\.py:2\)"),
+])
+def test_user_module_that_does_not_import_names_its_file_and_line(tmp_path, monkeypatch, body, message):
+    name = "brokenloss_syn" if "Syntax" in message else "brokenloss_name"
+    (tmp_path / f"{name}.py").write_text(body)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match=message):
+        build(f"{name}:f")
+
+
 # Pre-flight: each way a loss can be broken, said in words.
 class Spec:
     def __init__(self, fn, updates_weights=True):
