@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help repro test bench compare docker docker-repro docker-test clean
+.PHONY: help repro test bench compare remote push pull docker docker-repro docker-test clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -29,6 +29,16 @@ bench: $(STAMP)  ## data paths side by side, the cost table with intervals, a co
 
 clean:  ## remove the virtual environment
 	rm -rf $(VENV)
+
+remote: $(STAMP)  ## many machines: make remote URL=<dir | s3://... | ssh://...> sets the default DVC remote
+	@test -n "$(URL)" || { echo "usage: make remote URL=<dir | s3://bucket/path | ssh://host/path>" >&2; exit 2; }
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lossbench.machines remote $(URL)
+
+push: $(STAMP)  ## many machines: results and run-cache to the DVC remote, then dvc.lock and reports to Git
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lossbench.machines push
+
+pull: $(STAMP)  ## many machines: Git (dvc.lock), then the results every machine pushed
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lossbench.machines pull
 
 compare: $(STAMP)  ## compare reports: make compare A=<rev> [B=<rev>] (B defaults to the workspace)
 	@test -n "$(A)" || { echo "usage: make compare A=<rev> [B=<rev>]" >&2; exit 2; }

@@ -128,7 +128,7 @@ def repro_overhead(python_bin):
     print(f"## Cold `dvc repro -f` ({len(runs)} configurations, {ran} run here)")
     print(f"  wall {wall:.1f} s; training loops {train:.1f} s + timing loops {timing:.1f} s = {train + timing:.1f} s")
     print(f"  wall / loops: {wall / (train + timing):.2f}x (goal <= 1.5x); the rest is one torch import per "
-          f"process that trains or times ({ran} + 1 + the check stage), the download's digests, the report")
+          f"process that trains or times ({ran} + 1 + a check stage per device), the download's digests, the report")
 
 
 def main(argv=None):

@@ -6,18 +6,56 @@ out-of-range values fail with the file, the dotted key, the value and what was
 expected.
 """
 
+import os
+import re
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from lossbench.errors import UserError, run
 from lossbench.registry import REGISTRY, USER_LOSS
 
-Device = Literal["cpu", "cuda"]
+# A device is a torch device kind, optionally owned by one machine: ``cpu``, ``cuda``,
+# ``cuda-h100`` (runs only where LOSSBENCH_MACHINE=h100). The label lets one report hold the
+# same kind from several machines (the CPU laptop, the A100 box, the H100 node).
+KINDS = ("cpu", "cuda")
+DEVICE = re.compile(rf"^({'|'.join(KINDS)})(?:-([a-z0-9_]+))?$")
+MACHINE = "LOSSBENCH_MACHINE"
+
+
+def kind(device):
+    """The torch device kind of a device name: ``cuda-h100`` -> ``cuda``."""
+    return device.split("-", 1)[0]
+
+
+def owner(device):
+    """The machine a labelled device belongs to (``cuda-h100`` -> ``h100``), None for a plain kind."""
+    return device.split("-", 1)[1] if "-" in device else None
+
+
+def machine():
+    """This machine's name for device labels: $LOSSBENCH_MACHINE, None when unset."""
+    return os.environ.get(MACHINE) or None
+
+
+def host_name():
+    """Who ran it, for the report: this machine's label and its host name (neither is a dependency)."""
+    return {"machine": machine(), "name": socket.gethostname()}
+
+
+def _device(v):
+    if not isinstance(v, str) or not DEVICE.match(v):
+        raise ValueError(f"expected {' or '.join(map(repr, KINDS))}, optionally with a machine label "
+                         "as in 'cuda-h100' (lower case letters, digits, _)")
+    return v
+
+
+Device = Annotated[str, AfterValidator(_device)]
 Expectation = Literal["equal", "differs"]
 PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0)]

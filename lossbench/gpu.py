@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from lossbench.config import load_params
+from lossbench.config import kind, load_params, machine, owner
 from lossbench.errors import run
 
 REQUIRE_DEVICES = "LOSSBENCH_REQUIRE_DEVICES"
@@ -68,16 +68,17 @@ def reason_for(device, platform):
 def main(argv=None):
     """Entrypoint check: warn (or, with LOSSBENCH_REQUIRE_DEVICES=1, exit 3) when cuda is asked for but absent."""
     params = load_params(argv[0] if argv else "params.yaml")
-    if "cuda" not in params.train.devices:
+    mine = [d for d in params.train.devices if kind(d) == "cuda" and owner(d) in (None, machine())]
+    if not mine:
         return 0
     reason = unavailable_reason()
     if reason is None:
         return 0
-    print(f"lossbench: train.devices asks for cuda, which cannot run here: {reason}", file=sys.stderr)
+    print(f"lossbench: train.devices asks for {', '.join(mine)}, which cannot run here: {reason}", file=sys.stderr)
     if devices_required():
         print(f"lossbench: {REQUIRE_DEVICES}=1, stopping.", file=sys.stderr)
         return 3
-    print(f"lossbench: the cuda configurations will be reported as not run "
+    print(f"lossbench: those configurations will be reported as not run "
           f"(set {REQUIRE_DEVICES}=1 to make this an error).", file=sys.stderr)
     return 0
 

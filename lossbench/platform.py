@@ -1,17 +1,21 @@
 """What this host is, so results never mix hosts silently.
 
-Recorded with every configuration (the check stage writes it into each
-configuration's check file). It holds no timestamp: it changes only when the
-platform does, and DVC re-runs training exactly then.
+Recorded with every configuration (the check stage writes the part a device
+depends on into each configuration's check file). It holds no timestamp and no
+host name: it changes only when the platform does, and DVC re-runs training
+exactly then.
 """
 
 import importlib.metadata
+import json
 import platform
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from lossbench import gpu
+from lossbench.config import MACHINE, kind, machine, owner
 
 
 def cpu_model():
@@ -51,3 +55,37 @@ def collect():
         },
     }
 
+
+
+def for_device(host, device):
+    """What a device's results depend on: the host less the GPU part for a CPU device.
+
+    A driver update on a GPU box must not re-train its CPU configurations; a CUDA
+    configuration keeps the CPU, where a NumPy loss computes.
+    """
+    p = {k: v for k, v in host.items() if kind(device) == "cuda" or k != "cuda"}
+    return {**p, "device": device}
+
+
+def why_not_here(device, host):
+    """None when this machine runs ``device``, else why not (a GPU it lacks, a device labelled for another)."""
+    label = owner(device)
+    if label is not None and label != machine():
+        return (f"{device} runs on machine {label!r} ({MACHINE}={label} there); this machine is "
+                + (f"{machine()!r}" if machine() else f"unnamed ({MACHINE} is not set)"))
+    return gpu.reason_for(kind(device), host)
+
+
+def replaced(run_json, now):
+    """A line when the results in the workspace came from another platform than this one (they re-run here)."""
+    path = Path(run_json)
+    if not path.is_file():
+        return None
+    info = json.loads(path.read_text())
+    was = info.get("platform")
+    if info.get("status") != "ran" or was is None or was == now:
+        return None
+    what = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+    who = info.get("host", {}).get("name")
+    return (f"{info['config']}: its results came from {who + ', ' if who else ''}a different platform "
+            f"({', '.join(what)} differ): they are re-run here and replaced")

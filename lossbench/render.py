@@ -137,8 +137,8 @@ def markdown(params, res, images):
     lines.append("")
     for device, p in res.platforms.items():
         lines.append(f"- `{device}`: {p['gpu'] or p['cpu']}; torch {p['torch']}"
-                     + (f", CUDA {p['cuda']}" if device == "cuda" else f", {p['threads']} threads")
-                     + f", Python {p['python']}")
+                     + (f", CUDA {p['cuda']}" if p["cuda"] else f", {p['threads']} threads")
+                     + f", Python {p['python']}" + (f"; ran on {p['host']}" if p.get("host") else ""))
     lines.append("")
     notrun = rows[rows["status"] != "ran"]
     if not notrun.empty:

@@ -42,6 +42,9 @@ class Run:
 
 def load_run(run_dir, loss, device):
     run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():  # never run here, nor pulled from the machine that ran it
+        return Run(loss, device, {"status": "missing", "reason": f"no result: {run_dir}/run.json is not here "
+                                  "(its stage did not run here; if another machine ran it: `make pull`)"})
     info = read_json(run_dir / "run.json")
     if info.get("status") != "ran":
         return Run(loss, device, info)
@@ -103,11 +106,34 @@ class Result:
     platforms: dict = field(default_factory=dict)  # device -> platform summary
 
 
-def platform_summary(p):
-    gpus = p["cuda"]["gpus"]
+def platform_summary(p, host=None):
+    cuda = p.get("cuda") or {}  # a CPU device's platform leaves the GPU out
+    gpus = cuda.get("gpus")
     return {"cpu": p["cpu"], "gpu": ", ".join(gpus) if gpus else None, "torch": p["versions"]["torch"],
-            "cuda": p["cuda"]["runtime"] if p["cuda"]["available"] else None,
-            "python": p["python"], "threads": p["torch_threads"]}
+            "cuda": cuda.get("runtime") if cuda.get("available") else None,
+            "python": p["python"], "threads": p["torch_threads"], "host": machine_label(host)}
+
+
+def machine_label(host):
+    """``h100 (node7)``: the LOSSBENCH_MACHINE label and the host name that ran it."""
+    if not host:
+        return None
+    return f"{host['machine']} ({host['name']})" if host.get("machine") else host.get("name")
+
+
+def mixed_platforms(device, ran):
+    """A failure when one device's results come from more than one platform, else None."""
+    first = ran[0]
+    for other in ran[1:]:
+        if other.info["platform"] != first.info["platform"]:
+            p = first.info["platform"]
+            q = other.info["platform"]
+            what = ", ".join(sorted(k for k in set(p) | set(q) if p.get(k) != q.get(k)))
+            return (f"{device}: platforms differ for one device: {first.name} ran on "
+                    f"{machine_label(first.info.get('host'))}, {other.name} on {machine_label(other.info.get('host'))} "
+                    f"({what} differ): re-run the device's configurations on one machine (`dvc repro -f --glob "
+                    f"'train@*-{device}'` there), or give each machine its own device name (e.g. {device}-<machine>)")
+    return None
 
 
 def cost_rows(params, costs):
@@ -144,14 +170,20 @@ def evaluate(params, runs, costs=None):
         if run.steps is None:
             row.update(reason=run.info.get("reason"), passed=True, verdict="not run")
             continue
-        res.platforms.setdefault(device, platform_summary(run.info["platform"]))
+        res.platforms.setdefault(device, platform_summary(run.info["platform"], run.info.get("host")))
+        row["machine"] = machine_label(run.info.get("host"))
         row.update(step_ms(run))
         row.update(timed.get(run.name, {}))
         row["weights_changed"] = run.info["weights_changed"]
         row["steps"] = run.info["steps"]
         checks = []
-        if judged.reference is not None:
-            ref = runs[(judged.reference, device)]
+        ref = runs[(judged.reference, device)] if judged.reference is not None else None
+        if ref is not None and ref.steps is None:  # e.g. pulled from a machine that ran only part of a device
+            row.update(verdict="not judged", passed=False)
+            res.failures.append(f"{run.name}: its reference {ref.name} has no result to compare with: "
+                                f"{ref.info.get('reason')}")
+            continue
+        if ref is not None:
             c = evidence.trajectory(run.losses(), ref.losses(), rp.same_device.atol, rp.same_device.rtol, ref.steps)
             g = evidence.gradients(run.grads, ref.grads, rp.gradient.rtol, c["first_step_within"])
             w = evidence.weights(run.weights, ref.weights)
@@ -187,6 +219,11 @@ def evaluate(params, runs, costs=None):
             checks.append(mismatch)
         row["passed"] = not checks
         res.failures += checks
+    for device in train.devices:
+        ran = [r for (_, d), r in runs.items() if d == device and r.steps is not None]
+        mixed = mixed_platforms(device, ran) if len(ran) > 1 else None
+        if mixed:
+            res.failures.append(mixed)
     for loss in train.losses:
         ran = [runs[(loss, d)] for d in train.devices if runs[(loss, d)].steps is not None]
         for other in ran[1:]:

@@ -10,31 +10,40 @@ import argparse
 import time
 from pathlib import Path
 
-from lossbench.errors import run
+from lossbench.config import host_name, kind, load_params
+from lossbench.errors import UserError, run
 from lossbench.io import read_json, write_json
 
 
 def cost_stage(device, params_path, root, check_dir, out):
-    first = read_json(min(Path(check_dir).glob(f"*-{device}.json")))  # availability and platform: one per device
-    record = {"device": device, "platform": first["platform"]}
-    if not first["available"]:  # before importing torch (~3 s): nothing to time on this host
-        write_json(out, {**record, "status": "unavailable", "reason": first["reason"]})
+    checks = {p.stem: read_json(p) for p in sorted(Path(check_dir).glob("*.json"))}  # <loss>.json, this device's
+    first = next(iter(checks.values()))
+    record = {"device": device, "platform": first["platform"], "host": host_name()}
+    absent = [c for c in checks.values() if not c["available"]]
+    if absent:  # before importing torch (~3 s): nothing to time on this host
+        write_json(out, {**record, "status": "unavailable", "reason": absent[0]["reason"]})
         return
-    from lossbench import determinism
-    from lossbench.config import load_params
+    from lossbench import determinism, platform
     from lossbench.losses import resolve
     from lossbench.timing import interleaved
     from lossbench.training import make_batches
 
+    here = platform.collect()
+    why = platform.why_not_here(device, here) or (
+        None if platform.for_device(here, device) == first["platform"] else
+        f"{check_dir}: describes another platform than this machine's: {device}'s cost comes from the machine "
+        "that wrote it (`make pull`)")
+    if why:  # another machine's device: its timings are never taken here
+        raise UserError(why)
     flags = determinism.set_determinism()  # before anything touches CUDA
     params = load_params(params_path)
     train, cost = params.train, params.cost
-    checks = {loss: read_json(Path(check_dir) / f"{loss}-{device}.json") for loss in train.losses}
     record |= {"params": cost.model_dump(), "determinism": flags}
-    specs = {loss: resolve(loss, c["fn"], c["args"]) for loss, c in checks.items()}
-    batches, _ = make_batches(train.loader, root, device, train.batch_size)
+    specs = {loss: resolve(loss, checks[loss]["fn"], checks[loss]["args"]) for loss in train.losses}
+    batches, _ = make_batches(train.loader, root, kind(device), train.batch_size)
     t0 = time.perf_counter()
-    losses = interleaved(specs, batches, device, train.lr, train.seed, cost.rounds, cost.steps, cost.warmup_steps)
+    losses = interleaved(specs, batches, kind(device), train.lr, train.seed, cost.rounds, cost.steps,
+                         cost.warmup_steps)
     loop = time.perf_counter() - t0  # warm-up included: `make bench` weighs the pipeline against its loops
     write_json(out, {**record, "status": "ran", "loop_seconds": loop, "losses": losses})
 
@@ -44,7 +53,7 @@ def main(argv=None):
     p.add_argument("--device", required=True)
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--data", required=True, help="root holding MNIST/raw")
-    p.add_argument("--check", required=True, help="the check stage's folder")
+    p.add_argument("--check", required=True, help="the check stage's folder of this device: <loss>.json")
     p.add_argument("--out", required=True, help="the device's cost file")
     args = p.parse_args(argv)
     run(lambda: cost_stage(args.device, args.params, args.data, args.check, args.out), "cost")

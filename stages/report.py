@@ -30,7 +30,8 @@ def report(params_path, runs_dir, cost_dir, out):
     params = load_params(params_path)
     try:
         runs = load_runs(runs_dir, params.train.losses, params.train.devices)
-        costs = {d: read_json(Path(cost_dir) / f"{d}.json") for d in params.train.devices}
+        costs = {d: read_json(Path(cost_dir) / f"{d}.json") for d in params.train.devices
+                 if (Path(cost_dir) / f"{d}.json").is_file()}  # a device run elsewhere and not pulled: untimed
     except (FileNotFoundError, ValueError) as e:
         raise ReportError(str(e)) from e
     res = evaluate(params, runs, costs)

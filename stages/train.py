@@ -12,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from lossbench.errors import run
+from lossbench.config import host_name, kind, load_params
+from lossbench.errors import UserError, run
 from lossbench.io import read_json, write_json
 
 OUTPUTS = ("run.json", "steps.csv", "grads.npz", "weights.npz")
@@ -27,14 +28,14 @@ def train_stage(check_path, params_path, root, out):
     record = {
         "config": check["config"], "loss": check["loss"], "device": check["device"],
         "fn": check["fn"], "args": check["args"], "loss_source": check["source"], "platform": check["platform"],
+        "host": host_name(),
     }
     if not check["available"]:  # before importing torch: a configuration that cannot run costs ~0.1 s, not 3
         write_json(out / "run.json", {**record, "status": "unavailable", "reason": check["reason"]})
         print(f"train: {check['config']}: not run ({check['device']} cannot run here; the check stage said why)",
               file=sys.stderr)
         return
-    from lossbench import determinism
-    from lossbench.config import load_params
+    from lossbench import determinism, platform
     from lossbench.losses import resolve
     from lossbench.io import write_steps, write_tensors
     from lossbench.training import train_config
@@ -44,7 +45,14 @@ def train_stage(check_path, params_path, root, out):
     record |= {"params": train.model_dump(exclude={"losses", "devices"}), "loader": train.loader,
                "determinism": flags}
     spec = resolve(check["loss"], check["fn"], check["args"])
-    steps, result, tensors = train_config(spec, check["device"], train, root, check["config"])
+    here = platform.collect()
+    why = platform.why_not_here(check["device"], here) or (
+        None if platform.for_device(here, check["device"]) == check["platform"] else
+        f"{check['config']}: its check file describes another platform than this machine's: its results come "
+        "from the machine that wrote it (`make pull`), or re-run the check here")
+    if why:  # another machine's configuration whose results are not here: never train it on the wrong host
+        raise UserError(why)
+    steps, result, tensors = train_config(spec, kind(check["device"]), train, root, check["config"])
     write_steps(out / "steps.csv", steps)
     write_tensors(out / "grads.npz", tensors["grads"])
     write_tensors(out / "weights.npz", tensors["weights"])

@@ -74,7 +74,7 @@ def small_params(path, **train):
 
 
 def check_files(params, out):
-    """The check stage's per-configuration files for ``params``; returns their folder."""
+    """The check stage's files for ``params``, every device (``<out>/<device>/<loss>.json``); returns ``out``."""
     from stages import check
 
     check.main(["--params", str(params), "--out", str(out)])
@@ -86,7 +86,7 @@ def train_config(params, data, check_dir, runs, loss, device="cpu"):
     from stages import train
 
     out = Path(runs) / f"{loss}-{device}"
-    train.main(["--check", str(Path(check_dir) / f"{loss}-{device}.json"), "--params", str(params),
+    train.main(["--check", str(Path(check_dir) / device / f"{loss}.json"), "--params", str(params),
                 "--data", str(data), "--out", str(out)])
     return out
 
@@ -96,7 +96,7 @@ def cost_file(params, data, check_dir, cost_dir, device="cpu"):
     from stages import cost
 
     out = Path(cost_dir) / f"{device}.json"
-    cost.main(["--device", device, "--params", str(params), "--data", str(data), "--check", str(check_dir),
+    cost.main(["--device", device, "--params", str(params), "--data", str(data), "--check", str(Path(check_dir) / device),
                "--out", str(out)])
     return out
 

@@ -29,13 +29,14 @@ def test_writes_one_file_per_configuration_with_loss_source_and_platform(tmp_pat
     monkeypatch.delenv("LOSSBENCH_REQUIRE_DEVICES", raising=False)
     params = small_params(tmp_path / "params.yaml", losses=["torch_l1", "numpy_l1"], devices=["cpu", "cuda"])
     check.main(["--params", str(params), "--out", str(tmp_path / "check")])
-    files = sorted(p.name for p in (tmp_path / "check").iterdir())
-    assert files == ["numpy_l1-cpu.json", "numpy_l1-cuda.json", "torch_l1-cpu.json", "torch_l1-cuda.json"]
-    rec = json.loads((tmp_path / "check" / "numpy_l1-cpu.json").read_text())
+    files = sorted(str(p.relative_to(tmp_path / "check")) for p in (tmp_path / "check").rglob("*.json"))
+    assert files == ["cpu/numpy_l1.json", "cpu/torch_l1.json", "cuda/numpy_l1.json", "cuda/torch_l1.json"]
+    rec = json.loads((tmp_path / "check" / "cpu" / "numpy_l1.json").read_text())
     assert rec["fn"] == "losses.examples:NumpyL1" and rec["args"] == {} and rec["available"] is True
     assert list(rec["source"]["files"]) == ["losses/examples.py"]
     assert rec["platform"]["versions"]["torch"] == torch.__version__
-    cuda = json.loads((tmp_path / "check" / "numpy_l1-cuda.json").read_text())
+    assert "cuda" not in rec["platform"] and rec["platform"]["device"] == "cpu"  # a GPU driver update: no re-train
+    cuda = json.loads((tmp_path / "check" / "cuda" / "numpy_l1.json").read_text())
     assert cuda["available"] is torch.cuda.is_available() and (cuda["reason"] is None) is cuda["available"]
 
 
@@ -46,7 +47,7 @@ def test_writes_one_file_per_configuration_with_loss_source_and_platform(tmp_pat
     ({"losses": ["torch_mse", "lossbench.losses:nope"]}, 2,
      "check: {p}: train.losses: 'lossbench.losses:nope' (lossbench.losses:nope): module 'lossbench.losses' "
      "has no attribute 'nope'"),
-    ({"devices": ["cpu", "tpu"]}, 2, "check: {p}: train.devices.1: Input should be 'cpu' or 'cuda' (got 'tpu')"),
+    ({"devices": ["cpu", "tpu"]}, 2, "check: {p}: train.devices.1: expected 'cpu' or 'cuda', optionally with a machine label as in 'cuda-h100' (lower case letters, digits, _) (got 'tpu')"),
     ({"lr": "fast"}, 2, "check: {p}: train.lr: Input should be a valid number (got 'fast')"),
     ({"losses": ["torch_mse", "numpy_l1"]}, 2,
      "check: {p}: train.losses: 'numpy_l1' is compared with 'torch_l1' (losses.numpy_l1.reference), which is not "
@@ -86,4 +87,41 @@ def test_runs_as_a_module(tmp_path):
     out = subprocess.run([sys.executable, "-m", "stages.check", "--params", str(params), "--out", str(tmp_path / "c")],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "check: 6 losses x 1 devices ok" in out.stderr
+    assert "check: 6 losses x cpu ok" in out.stderr
+
+
+def run_json(runs, config, **info):
+    (runs / config).mkdir(parents=True, exist_ok=True)
+    (runs / config / "run.json").write_text(json.dumps({"config": config, **info}))
+
+
+def test_another_machines_device_keeps_its_current_results_and_drops_stale_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSBENCH_MACHINE", "laptop")
+    params = small_params(tmp_path / "params.yaml", losses=["torch_mse", "numpy_mse"], devices=["cpu", "cpu-h100"])
+    runs = tmp_path / "runs"
+    theirs = {"cpu": "their CPU", "device": "cpu-h100"}
+    run_json(runs, "torch_mse-cpu-h100", status="ran", platform=theirs, host={"machine": "h100", "name": "n7"},
+             loss_source={"registered": "lossbench/losses.py"})
+    run_json(runs, "numpy_mse-cpu-h100", status="ran", platform=theirs, host={"machine": "h100", "name": "n7"},
+             loss_source={"files": {"somewhere/old.py": "0" * 64}})
+    check.main(["--params", str(params), "--device", "cpu-h100", "--out", str(tmp_path / "check"),
+                "--runs", str(runs)])
+    kept = json.loads((tmp_path / "check" / "cpu-h100" / "torch_mse.json").read_text())
+    assert kept["available"] is True and kept["platform"] == theirs  # what that machine wrote: nothing re-runs
+    stale = json.loads((tmp_path / "check" / "cpu-h100" / "numpy_mse.json").read_text())
+    assert stale["available"] is False and stale["reason"] == (
+        "cpu-h100 runs on machine 'h100' (LOSSBENCH_MACHINE=h100 there); this machine is 'laptop'; its result from "
+        "n7 is stale (the loss's code changed since): re-run it there")
+    assert not (tmp_path / "check" / "cpu").exists()  # one device per stage
+
+
+def test_results_from_another_platform_are_named_before_they_are_replaced(tmp_path, capsys):
+    from lossbench import platform
+
+    params = small_params(tmp_path / "params.yaml", losses=["torch_mse"], devices=["cpu"])
+    now = platform.for_device(platform.collect(), "cpu")
+    run_json(tmp_path / "runs", "torch_mse-cpu", status="ran", platform={**now, "cpu": "Old CPU"},
+             host={"machine": None, "name": "oldbox"})
+    check.main(["--params", str(params), "--out", str(tmp_path / "check"), "--runs", str(tmp_path / "runs")])
+    assert ("check: torch_mse-cpu: its results came from oldbox, a different platform (cpu differ): they are re-run "
+            "here and replaced") in capsys.readouterr().err

@@ -35,7 +35,7 @@ def test_repo_params_load():
 @pytest.mark.parametrize("key, value, message", [
     ("train.losses", ["torch_mse", "nope"], r"train.losses: unknown loss 'nope': expected a registered loss or "
                                             r"'package.module:attr', or a name defined under losses:"),
-    ("train.devices", ["cpu", "tpu"], r"train.devices.1: Input should be 'cpu' or 'cuda' \(got 'tpu'\)"),
+    ("train.devices", ["cpu", "tpu"], r"train.devices.1: expected 'cpu' or 'cuda', optionally with a machine label as in 'cuda-h100' \(lower case letters, digits, _\) \(got 'tpu'\)"),
     ("train.epochs", 0, r"train.epochs: Input should be greater than 0 \(got 0\)"),
     ("train.batch_size", -1, r"train.batch_size: Input should be greater than 0 \(got -1\)"),
     ("cost.rounds", 1, r"cost.rounds: Input should be greater than or equal to 2 \(got 1\)"),
@@ -46,6 +46,9 @@ def test_repo_params_load():
     ("train.epochs", ..., r"train.epochs: Field required"),
     ("train.epoch", 2, r"train.epoch: Extra inputs are not permitted"),
     ("train.losses", ["torch_mse", "torch_mse"], r"duplicate entries \['torch_mse'\]"),
+    ("train.devices", ["cpu", "cuda-H100"], r"train.devices.1: expected 'cpu' or 'cuda', optionally with a machine "
+                                            r"label .* \(got 'cuda-H100'\)"),
+    ("train.devices", ["cpu", "cuda-h100", "cpu-laptop_2"], None),  # kinds owned by machines
     ("train.loader", "fast", r"train.loader: Input should be 'preloaded' or 'dataloader'"),
     ("report.reference", "numpy_mse_x", r"train.losses: 'functional_mse' is compared with 'numpy_mse_x' "
                                         r"\(report.reference\), which is not in train.losses"),

@@ -181,7 +181,7 @@ def test_bad_params_stop_the_entrypoint_with_the_key(project):
     repo, env = project
     (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("- cuda", "- tpu"))
     out = entry(repo, env, "true")
-    assert out.returncode != 0 and "train.devices.1: Input should be 'cpu' or 'cuda'" in out.stderr
+    assert out.returncode != 0 and "train.devices.1: expected 'cpu' or 'cuda'" in out.stderr
 
 
 def test_diagnosis_names_each_cause():

@@ -46,5 +46,5 @@ def test_cost_stage_times_every_loss_in_turn(tmp_path, synthetic):
         assert len(m["step_seconds"]) == 3 and all(s > 0 for s in m["step_seconds"])
         assert set(m["phase_seconds"]) == {"forward", "loss", "backward", "step"}
     cuda = json.loads(cost_file(params, synthetic, checks, tmp_path / "cost", "cuda").read_text())
-    if not json.loads((checks / "torch_mse-cuda.json").read_text())["available"]:
+    if not json.loads((checks / "cuda" / "torch_mse.json").read_text())["available"]:
         assert cuda["status"] == "unavailable" and cuda["reason"]

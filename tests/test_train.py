@@ -227,7 +227,7 @@ def test_a_run_does_not_import_torchvision(tmp_path, synthetic):
     # ~0.5 s a process beyond torch and torch._dynamo (which Adam itself imports), x every configuration
     params = small_params(tmp_path / "p.yaml", losses=["torch_mse"])
     checks = check_files(params, tmp_path / "check")
-    argv = ["--check", str(checks / "torch_mse-cpu.json"), "--params", str(params), "--data", str(synthetic),
+    argv = ["--check", str(checks / "cpu" / "torch_mse.json"), "--params", str(params), "--data", str(synthetic),
             "--out", str(tmp_path / "run")]
     assert imported("train", argv) == {"torch": True, "torchvision": False}
     assert json.loads((tmp_path / "run" / "run.json").read_text())["determinism"]["use_deterministic_algorithms"]
@@ -237,14 +237,14 @@ def test_a_configuration_that_cannot_run_here_imports_no_torch(tmp_path, synthet
     check = {"config": "torch_mse-cuda", "loss": "torch_mse", "device": "cuda", "fn": "torch_mse", "args": {},
              "source": {"registered": "lossbench/losses.py"}, "platform": {"host": "h"}, "available": False,
              "reason": "no CUDA device here"}
-    (tmp_path / "check").mkdir()
-    (tmp_path / "check" / "torch_mse-cuda.json").write_text(json.dumps(check))
-    argv = ["--check", str(tmp_path / "check" / "torch_mse-cuda.json"), "--params", "params.yaml",
+    (tmp_path / "check" / "cuda").mkdir(parents=True)
+    (tmp_path / "check" / "cuda" / "torch_mse.json").write_text(json.dumps(check))
+    argv = ["--check", str(tmp_path / "check" / "cuda" / "torch_mse.json"), "--params", "params.yaml",
             "--data", str(synthetic), "--out", str(tmp_path / "run")]
     assert not any(imported("train", argv).values())
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["status"] == "unavailable" and run["reason"] == "no CUDA device here"
     argv = ["--device", "cuda", "--params", "params.yaml", "--data", str(synthetic),
-            "--check", str(tmp_path / "check"), "--out", str(tmp_path / "cuda.json")]
+            "--check", str(tmp_path / "check" / "cuda"), "--out", str(tmp_path / "cuda.json")]
     assert not any(imported("cost", argv).values())
     assert json.loads((tmp_path / "cuda.json").read_text())["status"] == "unavailable"

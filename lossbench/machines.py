@@ -1,0 +1,118 @@
+"""Many machines, one report: the steps of `make remote`, `make push` and `make pull`.
+
+Each machine runs `make repro`: its own devices train, the devices of other
+machines keep the results those machines pushed (see stages/check.py). Between
+runs, results travel through a DVC remote (outputs and run-cache) and Git
+(dvc.lock and reports/). Every failure is one line saying what to do.
+
+    python -m lossbench.machines remote URL   # the default DVC remote (a directory, s3://, ssh://, ...)
+    python -m lossbench.machines push         # outputs and run-cache to the remote, then dvc.lock and reports to Git
+    python -m lossbench.machines pull         # Git first (dvc.lock), then the outputs it names
+"""
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+from lossbench.config import host_name
+from lossbench.errors import UserError, run
+
+REMOTE = "shared"  # the name `make remote` gives the default remote
+COMMITTED = ["dvc.lock", "reports", ".dvc/config"]  # what the Git side of a push carries
+
+
+def sh(*cmd, what=None):
+    """Run a command; on failure a UserError with its last error line."""
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        lines = [l for l in (out.stderr + out.stdout).splitlines() if l.strip()]
+        last = next((l for l in reversed(lines) if "ERROR" in l or "error" in l or "fatal" in l), lines[-1] if lines
+                    else f"exit {out.returncode}")
+        raise UserError(f"{what or ' '.join(cmd)} failed: {last.strip()}")
+    return out.stdout.strip()
+
+
+def remote_url():
+    """The default DVC remote's URL, or a UserError saying how to set one; a local one must exist."""
+    name = sh("dvc", "remote", "default", what="dvc remote default") or None
+    if name is None:
+        raise UserError("no default DVC remote: set one with `make remote URL=/path/to/shared/dir` "
+                        "(or s3://..., gs://..., ssh://...) and commit .dvc/config")
+    url = sh("dvc", "config", f"remote.{name}.url", what=f"reading remote {name!r}")
+    if "://" not in url and not Path(url).is_dir():
+        raise UserError(f"DVC remote {name!r} is {url}, which is not a directory here: mount it, or point the "
+                        f"remote elsewhere (`make remote URL=...`)")
+    return name, url
+
+
+def set_remote(url):
+    if "://" not in url:  # a directory: made now, so that a later typo or a missing mount is an error, not a new remote
+        Path(url).mkdir(parents=True, exist_ok=True)
+    sh("dvc", "remote", "add", "--default", "--force", REMOTE, url)
+    print(f"machines: DVC remote {REMOTE!r} = {url} (default); commit .dvc/config so every clone uses it",
+          file=sys.stderr)
+
+
+def git_remote():
+    """The upstream Git remote of this branch, or None (a clone without one keeps its commits local)."""
+    out = subprocess.run(["git", "rev-parse", "--abbrev-ref", "@{upstream}"], capture_output=True, text=True)
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def push():
+    name, url = remote_url()
+    # outputs first: a commit on Git never names results the remote lacks
+    sh("dvc", "push", "--run-cache", what=f"dvc push to remote {name!r} ({url})")
+    sh("git", "add", "--", *[p for p in COMMITTED if Path(p).exists()])
+    staged = subprocess.run(["git", "diff", "--cached", "--quiet"]).returncode != 0
+    if staged:
+        who = host_name()
+        sh("git", "commit", "-q", "-m", f"lossbench results from {who['machine'] or who['name']}")
+    upstream = git_remote()
+    if upstream is None:
+        print(f"machines: pushed outputs and run-cache to {url}; this branch has no Git upstream, so dvc.lock and "
+              "reports are committed here only", file=sys.stderr)
+        return
+    out = subprocess.run(["git", "push", "-q"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise UserError(f"git push to {upstream} was refused (another machine pushed first?): `make pull`, "
+                        "`make repro` (your results come back from DVC's run-cache, nothing re-trains), `make push`")
+    print(f"machines: pushed outputs and run-cache to {url}, dvc.lock and reports to {upstream}", file=sys.stderr)
+
+
+def lock_outs(lock="dvc.lock"):
+    """stage -> the paths of its outputs, as dvc.lock names them."""
+    stages = (YAML(typ="safe").load(Path(lock)) or {}).get("stages", {}) if Path(lock).is_file() else {}
+    return {s: [o["path"] for o in d.get("outs", [])] for s, d in stages.items()}
+
+
+def pull():
+    name, url = remote_url()
+    if git_remote() is not None:
+        sh("git", "pull", "-q", "--rebase", what="git pull --rebase (commit or stash your changes first)")
+    # allow-missing: a result some machine committed but never pushed is listed below, not fatal
+    sh("dvc", "pull", "--run-cache", "--allow-missing", what=f"dvc pull from remote {name!r} ({url})")
+    missing = [s for s, outs in lock_outs().items() if any(not Path(p).exists() for p in outs)]
+    for stage in missing:
+        print(f"machines: {stage}: dvc.lock names results the remote {url} does not have: the machine that ran "
+              "it must `make push`; until then the report shows it as not run", file=sys.stderr)
+    print(f"machines: pulled from {url}" + (f" ({len(missing)} stage(s) missing)" if missing else ""),
+          file=sys.stderr)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="step", required=True)
+    sub.add_parser("remote").add_argument("url")
+    sub.add_parser("push")
+    sub.add_parser("pull")
+    args = p.parse_args(argv)
+    steps = {"remote": lambda: set_remote(args.url), "push": push, "pull": pull}
+    run(steps[args.step], "machines")
+
+
+if __name__ == "__main__":
+    main()
