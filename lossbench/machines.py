@@ -84,9 +84,13 @@ def push():
 
 
 def lock_outs(lock="dvc.lock"):
-    """stage -> the paths of its outputs, as dvc.lock names them."""
+    """stage -> the paths of its outputs, as dvc.lock names them, for the stages the pipeline has now.
+
+    dvc.lock keeps the entries of stages that are gone (a device renamed): those are not missing.
+    """
     stages = (YAML(typ="safe").load(Path(lock)) or {}).get("stages", {}) if Path(lock).is_file() else {}
-    return {s: [o["path"] for o in d.get("outs", [])] for s, d in stages.items()}
+    now = set(sh("dvc", "stage", "list", "--name-only", what="dvc stage list").split())
+    return {s: [o["path"] for o in d.get("outs", [])] for s, d in stages.items() if s in now}
 
 
 def pull():
