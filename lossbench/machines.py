@@ -17,8 +17,9 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from lossbench.config import host_name
+from lossbench.config import host_name, load_params, machine, owner
 from lossbench.errors import UserError, run
+from lossbench.io import atomic_path
 
 REMOTE = "shared"  # the name `make remote` gives the default remote
 COMMITTED = ["dvc.lock", "reports", ".dvc/config"]  # what the Git side of a push carries
@@ -37,14 +38,15 @@ def sh(*cmd, what=None):
 
 def remote_url():
     """The default DVC remote's URL, or a UserError saying how to set one; a local one must exist."""
-    name = sh("dvc", "remote", "default", what="dvc remote default") or None
-    if name is None:
+    out = subprocess.run(["dvc", "remote", "default"], capture_output=True, text=True)  # exits 1 when none is set
+    name = out.stdout.strip() if out.returncode == 0 else None
+    if not name:
         raise UserError("no default DVC remote: set one with `make remote URL=/path/to/shared/dir` "
                         "(or s3://..., gs://..., ssh://...) and commit .dvc/config")
     url = sh("dvc", "config", f"remote.{name}.url", what=f"reading remote {name!r}")
     if "://" not in url and not Path(url).is_dir():
-        raise UserError(f"DVC remote {name!r} is {url}, which is not a directory here: mount it, or point the "
-                        f"remote elsewhere (`make remote URL=...`)")
+        raise UserError(f"DVC remote {name!r} is {url}, which is not a directory here: mount it, or point this "
+                        f"clone at it where it is mounted (`dvc remote modify --local {name} url /path`)")
     return name, url
 
 
@@ -62,10 +64,48 @@ def git_remote():
     return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
+def device_of(stage, devices):
+    """The device a stage belongs to (``train@numpy_mse-cuda-h100`` -> ``cuda-h100``), None for shared ones."""
+    name, _, item = stage.partition("@")
+    if name in ("check", "cost"):
+        return item if item in devices else None
+    return next((d for d in sorted(devices, key=len, reverse=True) if item.endswith(f"-{d}")), None)
+
+
+def foreign(devices):
+    """The devices labelled for another machine: their lock entries are that machine's to commit."""
+    return {d for d in devices if owner(d) is not None and owner(d) != machine()}
+
+
+def keep_their_entries(lock="dvc.lock", params="params.yaml"):
+    """dvc.lock as this machine commits it: its own stages as run here, other machines' as Git has them.
+
+    Here another machine's stages only ever say "not run here": committed, they would
+    look up to date to that machine and it would never re-run them.
+    """
+    theirs = foreign(load_params(params).train.devices)
+    if not theirs or not Path(lock).is_file():
+        return
+    base = subprocess.run(["git", "show", f"{git_remote() or 'HEAD'}:{lock}"], capture_output=True, text=True)
+    yaml = YAML()
+    ours = yaml.load(Path(lock))
+    known = (yaml.load(base.stdout) or {}).get("stages", {}) if base.returncode == 0 else {}
+    stages = ours.get("stages", {})
+    for stage in list(stages):
+        if device_of(stage, theirs) is not None:
+            if stage in known:
+                stages[stage] = known[stage]
+            else:
+                del stages[stage]
+    with atomic_path(lock) as tmp, open(tmp, "w") as f:
+        yaml.dump(ours, f)
+
+
 def push():
     name, url = remote_url()
     # outputs first: a commit on Git never names results the remote lacks
     sh("dvc", "push", "--run-cache", what=f"dvc push to remote {name!r} ({url})")
+    keep_their_entries()
     sh("git", "add", "--", *[p for p in COMMITTED if Path(p).exists()])
     staged = subprocess.run(["git", "diff", "--cached", "--quiet"]).returncode != 0
     if staged:
@@ -99,7 +139,9 @@ def pull():
         sh("git", "pull", "-q", "--rebase", what="git pull --rebase (commit or stash your changes first)")
     # allow-missing: a result some machine committed but never pushed is listed below, not fatal
     sh("dvc", "pull", "--run-cache", "--allow-missing", what=f"dvc pull from remote {name!r} ({url})")
-    missing = [s for s, outs in lock_outs().items() if any(not Path(p).exists() for p in outs)]
+    # a machine's results (not the download, which any machine makes again)
+    missing = [s for s, outs in lock_outs().items()
+               if s.startswith(("train@", "cost@")) and any(not Path(p).exists() for p in outs)]
     for stage in missing:
         print(f"machines: {stage}: dvc.lock names results the remote {url} does not have: the machine that ran "
               "it must `make push`; until then the report shows it as not run", file=sys.stderr)

@@ -76,6 +76,19 @@ def why_not_here(device, host):
     return gpu.reason_for(kind(device), host)
 
 
+def not_mine(device, recorded):
+    """Why this machine must not produce ``device``'s results under ``recorded`` (a check file's platform), or None.
+
+    A stage of another machine's device re-runs here only when its results were not
+    pulled: it stops, rather than time or train on the wrong host.
+    """
+    here = collect()
+    why = why_not_here(device, here)
+    if why is None and for_device(here, device) != recorded:
+        why = f"{device}: its check file describes another platform than this machine's"
+    return why and f"{why}: its results come from its machine (`make push` there, `make pull` here)"
+
+
 def replaced(run_json, now):
     """A line when the results in the workspace came from another platform than this one (they re-run here)."""
     path = Path(run_json)

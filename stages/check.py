@@ -90,8 +90,10 @@ def main_check(params_path, devices, out, runs):
         print(f"check: {note}", file=sys.stderr)
     for device in kept:
         print(f"check: {device}: not run here; the results its machine pushed are kept", file=sys.stderr)
-    print(f"check: {len(params.plan())} losses x {', '.join(devices)} ok ({time.perf_counter() - t0:.2f} s)",
-          file=sys.stderr)
+    here = [d for d in devices if reasons[d] is None]
+    print(f"check: {len(params.plan())} losses ok"
+          + (f", run on {', '.join(here)}" if here else ", imported (none of them runs here)")
+          + f" ({time.perf_counter() - t0:.2f} s)", file=sys.stderr)
 
 
 def main(argv=None):

@@ -7,11 +7,12 @@ interval. A device that cannot run here gets a file that says so.
 """
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 from lossbench.config import host_name, kind, load_params
-from lossbench.errors import UserError, run
+from lossbench.errors import run
 from lossbench.io import read_json, write_json
 
 
@@ -28,14 +29,12 @@ def cost_stage(device, params_path, root, check_dir, out):
     from lossbench.timing import interleaved
     from lossbench.training import make_batches
 
-    here = platform.collect()
-    why = platform.why_not_here(device, here) or (
-        None if platform.for_device(here, device) == first["platform"] else
-        f"{check_dir}: describes another platform than this machine's: {device}'s cost comes from the machine "
-        "that wrote it (`make pull`)")
-    if why:  # another machine's device: its timings are never taken here
-        raise UserError(why)
     flags = determinism.set_determinism()  # before anything touches CUDA
+    why = platform.not_mine(device, first["platform"])
+    if why:  # another machine's device: its timings are never taken here (`make push` never commits this)
+        write_json(out, {**record, "status": "unavailable", "reason": why})
+        print(f"cost: {device}: not timed: {why}", file=sys.stderr)
+        return
     params = load_params(params_path)
     train, cost = params.train, params.cost
     record |= {"params": cost.model_dump(), "determinism": flags}

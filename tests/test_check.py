@@ -87,7 +87,7 @@ def test_runs_as_a_module(tmp_path):
     out = subprocess.run([sys.executable, "-m", "stages.check", "--params", str(params), "--out", str(tmp_path / "c")],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "check: 6 losses x cpu ok" in out.stderr
+    assert "check: 6 losses ok, run on cpu (" in out.stderr
 
 
 def run_json(runs, config, **info):

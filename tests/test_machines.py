@@ -123,6 +123,29 @@ def test_pushes_commit_the_lock_and_the_report(machines, world):
     assert "pushed outputs and run-cache to" in logs["a-push"] and "dvc.lock and reports to origin/main" in logs["a-push"]
 
 
+def test_a_params_change_reruns_each_devices_stages_on_its_own_machine(machines, world):
+    """a changes the cost params: a re-times cpu-a, says cpu-b is not timed here, and leaves b's entry for b."""
+    roots, _ = machines
+    tmp, mirror = world
+    a, b = roots["a"], roots["b"]
+    env_a, env_b = machine_env("a", mirror), machine_env("b", mirror)
+    sh("python -m lossbench.machines pull", a, env_a)
+    text = (a / "params.yaml").read_text()
+    (a / "params.yaml").write_text(text.replace("rounds: 3", "rounds: 4"))
+    sh("git commit -qam 'cost.rounds: 4'", a, env_a)
+    log = sh("dvc repro", a, env_a)
+    assert [s for s in ran(log) if s.startswith("cost@")] == ["cost@cpu-a", "cost@cpu-b"]
+    assert "cost: cpu-b: not timed: cpu-b runs on machine 'b'" in log
+    b_entry = yaml.safe_load((b / "dvc.lock").read_text())["stages"]["cost@cpu-b"]
+    sh("python -m lossbench.machines push", a, env_a)
+    assert yaml.safe_load((a / "dvc.lock").read_text())["stages"]["cost@cpu-b"] == b_entry  # b's to re-run
+    sh("python -m lossbench.machines pull", b, env_b)
+    log = sh("dvc repro", b, env_b)
+    assert [s for s in ran(log) if s.startswith(("cost@", "train@"))] == ["cost@cpu-b"]
+    cost = json.loads((b / "data" / "cost" / "cpu-b.json").read_text())
+    assert cost["status"] == "ran" and cost["params"]["rounds"] == 4
+
+
 def test_an_unreachable_remote_is_one_line(machines, world):
     roots, _ = machines
     tmp, mirror = world
@@ -131,7 +154,11 @@ def test_an_unreachable_remote_is_one_line(machines, world):
     out = sh("python -m lossbench.machines pull", d, env, ok=False)
     assert out.returncode == 2
     assert out.stderr.strip() == (f"machines: DVC remote 'shared' is {tmp / 'nowhere'}, which is not a directory "
-                                  "here: mount it, or point the remote elsewhere (`make remote URL=...`)")
+                                  "here: mount it, or point this clone at it where it is mounted "
+                                  "(`dvc remote modify --local shared url /path`)")
+    sh("dvc remote remove --local shared && dvc remote remove shared && git commit -qam 'no remote'", d, env)
+    out = sh("python -m lossbench.machines push", d, env, ok=False)
+    assert out.returncode == 2 and out.stderr.strip().startswith("machines: no default DVC remote: set one with")
 
 
 def test_a_run_missing_from_the_remote_is_named_and_reported_not_run(machines, world):
