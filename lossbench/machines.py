@@ -77,7 +77,7 @@ def foreign(devices):
     return {d for d in devices if owner(d) is not None and owner(d) != machine()}
 
 
-def keep_their_entries(lock="dvc.lock", params="params.yaml"):
+def keep_their_entries(upstream, lock="dvc.lock", params="params.yaml"):
     """dvc.lock as this machine commits it: its own stages as run here, other machines' as Git has them.
 
     Here another machine's stages only ever say "not run here": committed, they would
@@ -86,7 +86,7 @@ def keep_their_entries(lock="dvc.lock", params="params.yaml"):
     theirs = foreign(load_params(params).train.devices)
     if not theirs or not Path(lock).is_file():
         return
-    base = subprocess.run(["git", "show", f"{git_remote() or 'HEAD'}:{lock}"], capture_output=True, text=True)
+    base = subprocess.run(["git", "show", f"{upstream or 'HEAD'}:{lock}"], capture_output=True, text=True)
     yaml = YAML()
     ours = yaml.load(Path(lock))
     known = (yaml.load(base.stdout) or {}).get("stages", {}) if base.returncode == 0 else {}
@@ -105,13 +105,13 @@ def push():
     name, url = remote_url()
     # outputs first: a commit on Git never names results the remote lacks
     sh("dvc", "push", "--run-cache", what=f"dvc push to remote {name!r} ({url})")
-    keep_their_entries()
+    upstream = git_remote()
+    keep_their_entries(upstream)
     sh("git", "add", "--", *[p for p in COMMITTED if Path(p).exists()])
     staged = subprocess.run(["git", "diff", "--cached", "--quiet"]).returncode != 0
     if staged:
         who = host_name()
         sh("git", "commit", "-q", "-m", f"lossbench results from {who['machine'] or who['name']}")
-    upstream = git_remote()
     if upstream is None:
         print(f"machines: pushed outputs and run-cache to {url}; this branch has no Git upstream, so dvc.lock and "
               "reports are committed here only", file=sys.stderr)

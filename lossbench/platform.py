@@ -7,7 +7,6 @@ exactly then.
 """
 
 import importlib.metadata
-import json
 import platform
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 
 from lossbench import gpu
 from lossbench.config import MACHINE, kind, machine, owner
+from lossbench.io import read_json
 
 
 def cpu_model():
@@ -79,8 +79,9 @@ def why_not_here(device, host):
 def not_mine(device, recorded):
     """Why this machine must not produce ``device``'s results under ``recorded`` (a check file's platform), or None.
 
-    A stage of another machine's device re-runs here only when its results were not
-    pulled: it stops, rather than time or train on the wrong host.
+    A stage of another machine's device re-runs here when its results were not pulled,
+    or its params changed: it records why it did not run, rather than time or train
+    on the wrong host.
     """
     here = collect()
     why = why_not_here(device, here)
@@ -94,7 +95,7 @@ def replaced(run_json, now):
     path = Path(run_json)
     if not path.is_file():
         return None
-    info = json.loads(path.read_text())
+    info = read_json(path)
     was = info.get("platform")
     if info.get("status") != "ran" or was is None or was == now:
         return None

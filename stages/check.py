@@ -54,6 +54,7 @@ def elsewhere(record, runs, reason):
 def main_check(params_path, devices, out, runs):
     t0 = time.perf_counter()
     params = load_params(params_path)
+    devices = devices or params.train.devices
     unknown = sorted(set(devices) - set(params.train.devices))
     if unknown:
         raise UserError(f"{params_path}: train.devices: {unknown[0]!r} (--device) is not in {params.train.devices}")
@@ -103,8 +104,7 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="folder for <device>/<loss>.json")
     p.add_argument("--runs", default="data/runs", help="the train stages' results, kept for devices run elsewhere")
     args = p.parse_args(argv)
-    run(lambda: main_check(args.params, args.device or load_params(args.params).train.devices, args.out,
-                           args.runs), "check")
+    run(lambda: main_check(args.params, args.device, args.out, args.runs), "check")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lossbench.config import host_name, kind, load_params
 from lossbench.errors import run
-from lossbench.io import read_json, write_json
+from lossbench.io import read_json, write_json, write_steps, write_tensors
 
 OUTPUTS = ("run.json", "steps.csv", "grads.npz", "weights.npz")
 
@@ -37,19 +37,18 @@ def train_stage(check_path, params_path, root, out):
         return
     from lossbench import determinism, platform
     from lossbench.losses import resolve
-    from lossbench.io import write_steps, write_tensors
     from lossbench.training import train_config
 
     flags = determinism.set_determinism()  # before anything touches CUDA
     train = load_params(params_path).train
     record |= {"params": train.model_dump(exclude={"losses", "devices"}), "loader": train.loader,
                "determinism": flags}
-    spec = resolve(check["loss"], check["fn"], check["args"])
     why = platform.not_mine(check["device"], check["platform"])
     if why:  # another machine's configuration whose results are not here: never train it on the wrong host
         write_json(out / "run.json", {**record, "status": "unavailable", "reason": why})
         print(f"train: {check['config']}: not run: {why}", file=sys.stderr)
         return
+    spec = resolve(check["loss"], check["fn"], check["args"])
     steps, result, tensors = train_config(spec, kind(check["device"]), train, root, check["config"])
     write_steps(out / "steps.csv", steps)
     write_tensors(out / "grads.npz", tensors["grads"])
