@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The whole judgement on a host that has a CUDA torch but not our virtual environment (a lent GPU machine).
+# Usage, from the repository root, with gpu/pack.sh's folder .gpu/ beside it (docs/gpu-run.md):
+#   bash gpu/run.sh            # results: $OUT/gpu-run.tar.gz (or ./gpu-out/ when OUT is unset)
+# Settings (environment): PYTHON (default python3), REPRO_TIMEOUT (240 s), BENCH_TIMEOUT (120 s), BENCH_DEVICE.
+# Exit status: 0 when every phase ran and the report passed; else the first failing phase's status
+# (4: this host cannot run it at all).
+# Order, so that a short lease still yields the most important part first:
+#   1. the fp32 defaults on cuda and cpu, and the report (dvc repro)   2. make bench's measurements on cuda
+# Each phase has its own time limit; a phase that fails or runs out is recorded and the next one still runs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=${OUT:-$ROOT/gpu-out}
+PACK=${LOSSBENCH_GPU_PACK:-$ROOT/.gpu}
+LOG=$ROOT/gpu-log
+mkdir -p "$OUT" "$LOG"
+T0=$(date +%s)
+phase() { echo "== $(($(date +%s) - T0)) s: $*" | tee -a "$LOG/phases.txt"; }
+
+# What the host's python lacks comes from the carried wheels (gpu/pack.sh); a package the host has is kept,
+# and torch, torchvision and numpy never travel (pinned ones would shadow the host's CUDA build).
+PY=${PYTHON:-python3}
+MISSING=$("$PY" - "$PACK"/wheels/*.whl <<'PYEOF'
+import sys
+from importlib import metadata
+for path in sys.argv[1:]:
+    name = path.rsplit("/", 1)[-1].split("-")[0]
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        print(path)
+PYEOF
+) || { echo "gpu/run.sh: $PY cannot run" >&2; exit 4; }
+if [ -n "$MISSING" ]; then
+    SITE=$(mktemp -d)
+    phase "install $(echo "$MISSING" | wc -l) carried wheels the host lacks"
+    # shellcheck disable=SC2086  # one path a line, no spaces (wheel names)
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" $MISSING \
+        > "$LOG/install.txt" 2>&1 || { cat "$LOG/install.txt"; exit 4; }
+    echo "$MISSING" | sed 's|.*/||' >> "$LOG/install.txt"
+    export PYTHONPATH="$SITE"${PYTHONPATH:+:$PYTHONPATH}
+    export PATH="$SITE"/bin:$PATH
+fi
+# dvc.yaml's commands call `python`: the host's may be named python3 only. A wrapper, not a link: a link to a
+# virtual environment's python outside its bin/ loses the environment.
+BIN=$(mktemp -d)  # fresh: never write through a link left by an earlier run
+printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v "$PY")" > "$BIN/python" && chmod +x "$BIN/python"
+export PATH=$BIN:$(dirname "$(command -v "$PY")"):$PATH
+export MNIST_MIRROR=${MNIST_MIRROR:-$PACK/mnist}
+export CUBLAS_WORKSPACE_CONFIG=:4096:8 PYTHONHASHSEED=0 PYTHONUNBUFFERED=1
+
+# DVC wants a Git repository; the copied working tree may have none.
+if ! git rev-parse --git-dir >/dev/null 2>&1; then
+    git init -q && git add -A && git -c user.name=lossbench -c user.email=lossbench@gpu.invalid commit -qm tree \
+        || { echo "gpu/run.sh: could not make a Git repository here" >&2; exit 4; }
+fi
+
+phase "host"
+{
+    date -u +%FT%TZ; uname -a; nvidia-smi 2>&1 | head -15
+    "$PY" -c "import sys, torch, numpy; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'available', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-'); \
+print('numpy', numpy.__version__)"
+    dvc --version
+    nproc
+} > "$LOG/host.txt" 2>&1
+cat "$LOG/host.txt"
+python -m lossbench.gpu 2>&1 | tee "$LOG/gpu-diagnosis.txt"
+
+phase "dvc repro: the fp32 defaults on every device of params.yaml, then the report"
+timeout "${REPRO_TIMEOUT:-240}" dvc repro > "$LOG/repro.txt" 2>&1
+REPRO_RC=$?
+echo "exit $REPRO_RC" >> "$LOG/repro.txt"; grep -vE 'it/s|s/it' "$LOG/repro.txt" | tail -4
+
+# make bench's measurements, on cuda where a GPU is visible (the CPU form of this script, in CI, benches cpu).
+BENCH_DEVICE=${BENCH_DEVICE:-$(python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")}
+phase "bench on $BENCH_DEVICE"
+timeout "${BENCH_TIMEOUT:-120}" python -m lossbench.bench --params params.yaml --data data --device "$BENCH_DEVICE" \
+    > "$LOG/bench.txt" 2>&1
+BENCH_RC=$?
+echo "exit $BENCH_RC" >> "$LOG/bench.txt"; cat "$LOG/bench.txt"
+
+phase "pack"
+tar czf "$OUT/gpu-run.tar.gz" gpu-log reports dvc.lock data/runs data/cost data/check 2>/dev/null
+phase "done: dvc repro exit $REPRO_RC, bench exit $BENCH_RC"
+ls -la "$OUT"
+[ "$REPRO_RC" -ne 0 ] && exit "$REPRO_RC"
+exit "$BENCH_RC"
