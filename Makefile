@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help repro test bench compare remote push pull docker docker-repro docker-test clean
+.PHONY: help repro test bench compare remote push pull docker docker-repro docker-test gpu-pack gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -55,3 +55,9 @@ docker-repro:  ## run the pipeline in the image on all GPUs, results land here
 
 docker-test:  ## build the image (docker, else podman) and run it on a fresh clone: the container's checks
 	IMAGE=$(IMAGE) docker/test.sh
+
+gpu-pack:  ## fill .gpu/ for a lent GPU machine: MNIST + the wheels its python lacks (docs/gpu-run.md)
+	bash gpu/pack.sh 3.12
+
+gpu-check:  ## the GPU run's command in its CPU form, in a clean venv with only what a GPU host provides
+	bash gpu/check-cpu.sh
