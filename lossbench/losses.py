@@ -90,15 +90,6 @@ class LossSpec:
         return obj
 
 
-def not_scalar(loss):
-    """Why ``loss`` is not a scalar tensor, or None."""
-    if not isinstance(loss, torch.Tensor):
-        return f"returned a {type(loss).__name__}, expected a scalar tensor"
-    if loss.dim() != 0:
-        return f"returned shape {tuple(loss.shape)}, expected a scalar (shape ()): reduce it, e.g. .mean()"
-    return None
-
-
 def import_fn(fn):
     """The object ``package.module:attr`` names, or a UserError saying what is missing."""
     module_name, attr = fn.split(":")

@@ -14,47 +14,44 @@ from types import ModuleType
 
 import torch
 
+from lossbench import problems
+from lossbench.engine import RunError, Trainer
 from lossbench.errors import debugging, raised
-from lossbench.losses import not_scalar
 from lossbench.registry import REGISTRY
 
-DETACHED = "the loss is not connected to the input's graph"
-DETACHED_HINT = ("no gradient would reach the model (a NumPy result wrapped in a new tensor? "
-                 "compute it inside a torch.autograd.Function with a backward)")
+
+def probe_batch(device):
+    """4 images' worth of pixels in [0, 1], input and target: (4, 784). Seeded, data-free."""
+    return torch.rand(4, 784, generator=torch.Generator().manual_seed(0)).to(device)
 
 
 def preflight(spec, device):
-    """None when the loss behaves, else what is wrong, in words."""
-    g = torch.Generator().manual_seed(0)
-    x = (torch.rand(4, 784, generator=g) * 0.98 + 0.01).to(device).requires_grad_()  # a sigmoid's output
-    t = torch.rand(4, 784, generator=g).to(device)  # targets in [0, 1]
+    """None when the loss behaves in the training step, else the Problem: the one Trainer runs the
+    model's forward and the loss on a probe batch, then the backward to the model's output."""
+    trainer = Trainer(spec.make, device, 1e-3, 0)
+    x = probe_batch(device)  # (4, 784)
     try:
-        loss = spec.make()(x, t)
-    except Exception as e:  # user code: one line naming its own file and line; the traceback behind LOSSBENCH_DEBUG
-        if debugging():
-            raise
-        return f"the loss raised {raised(e)}"
-    problem = not_scalar(loss)
-    if problem:
-        return f"the loss {problem}"
-    if loss.dtype != x.dtype:
-        return f"the loss returned {loss.dtype}, expected {x.dtype} (the input's dtype)"
-    if loss.device != x.device:
-        return f"the loss returned a tensor on {loss.device}, expected {x.device} (the input's device)"
+        out, loss = trainer.loss(x, "")
+    except RunError as e:  # raised, or not a scalar tensor
+        return e.problem
+    if loss.dtype != out.dtype:
+        return problems.wrong_dtype(loss.dtype, out.dtype)
+    if loss.device != out.device:
+        return problems.wrong_device(loss.device, out.device)
     if not torch.isfinite(loss):
-        return f"the loss returned {loss.item()}, expected a finite value"
+        return problems.not_finite(loss.item())
     grad = None
     if loss.requires_grad:
         try:
-            (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
-        except Exception as e:  # a user's backward
+            (grad,) = torch.autograd.grad(loss, out, allow_unused=True)
+        except Exception as e:  # a user's backward: its own file and line (the traceback behind LOSSBENCH_DEBUG)
             if debugging():
                 raise
-            return f"the loss's backward raised {raised(e)}"
+            return problems.backward_raised(raised(e))
     if grad is None:
-        return f"{DETACHED}: {DETACHED_HINT}"
+        return problems.detached()
     if not torch.isfinite(grad).all():
-        return "the loss's backward gives non-finite gradients"
+        return problems.gradient_not_finite()
     return None
 
 
@@ -64,8 +61,8 @@ def check(spec, device):
     if spec.updates_weights:
         return problem
     if problem is None:
-        return "the loss is declared detached (no gradient reaches the model), but its gradient reaches the input"
-    return None if problem.startswith(DETACHED) else problem
+        return problems.not_detached()
+    return None if problem.code == problems.DETACHED else problem
 
 
 def _sha256(path):

@@ -9,27 +9,21 @@ per-round ratios (a t-interval on their logarithms), so drift between rounds
 cancels and only what differs within a round counts.
 """
 
-import time
-
 import numpy as np
-import torch
 
-from lossbench import determinism
-from lossbench.errors import debugging, raised
-from lossbench.model import AutoEncoder
 from lossbench.io import PHASES
-from lossbench.training import Clock, RunError
+from lossbench.engine import Trainer
+from lossbench.training import Clock
+
 
 class Runner:
-    """One loss's training state: seeded model, Adam, and an endless walk through the batches."""
+    """One loss's training state (the one Trainer) and an endless walk through the batches."""
 
-    def __init__(self, spec, batches, device, lr, seed):
-        determinism.seed_everything(seed)
-        self.model = AutoEncoder().to(device)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
-        self.loss_fn = spec.make()
+    def __init__(self, spec, batches, device, lr, seed, label):
+        self.trainer = Trainer(spec.make, device, lr, seed)
         self.batches, self.it = batches, iter(batches())
         self.clock = Clock(device)
+        self.label = label
 
     def next_batch(self):
         try:
@@ -38,35 +32,16 @@ class Runner:
             self.it = iter(self.batches())
             return next(self.it)
 
-    def steps(self, n, timed=True):
-        """``n`` steps; per step its wall seconds and its phases (forward, loss, backward, step)."""
-        rows = []
-        for _ in range(n):
-            x = self.next_batch()  # (B, 784), input and target
-            t0 = time.perf_counter()
-            m = [self.clock.mark()]
-            out = self.model(x)
-            m.append(self.clock.mark())
-            loss = self.loss_fn(out, x)
-            m.append(self.clock.mark())
-            self.opt.zero_grad()
-            loss.backward()
-            m.append(self.clock.mark())
-            self.opt.step()
-            m.append(self.clock.mark())
-            loss.item()  # waits for the device: the step is timed whole
-            if timed:
-                rows.append((time.perf_counter() - t0, *self.clock.elapsed(m)))
-        return np.array(rows)  # (n, 1 + len(PHASES))
+    def step(self, where):
+        """One step; its clock marks: before the forward and after each phase (forward, loss, backward, step)."""
+        marks = []
+        self.trainer.step(self.next_batch(), f"{self.label}, {where}", lambda: marks.append(self.clock.mark()))
+        return marks
 
-
-def _run(runner, n, timed, where):
-    try:
-        return runner.steps(n, timed)
-    except Exception as e:  # the loss under test is user code: say which and where
-        if debugging():
-            raise
-        raise RunError(f"{where}: the loss raised {raised(e)}") from e
+    def seconds(self, marks):
+        """Per step of ``marks``: its whole time and each phase's (n, 1 + len(PHASES)); waits for the device once."""
+        rows = np.array([self.clock.elapsed(m) for m in marks])  # (n, len(PHASES))
+        return np.column_stack([rows.sum(axis=1), rows])
 
 
 def interleaved(specs, batches, device, lr, seed, rounds, steps, warmup):
@@ -76,19 +51,20 @@ def interleaved(specs, batches, device, lr, seed, rounds, steps, warmup):
     block of steps per loss let the machine drift between blocks (per-round ratios spread 7-12%
     here, intervals up to 4.4% wide); turn by turn they spread 5-8% (intervals 1.1-1.8%).
     """
-    runners = {name: Runner(spec, batches, device, lr, seed) for name, spec in specs.items()}
-    for name, r in runners.items():  # first steps (allocator, thread pool, caches) stay out of the figures
-        _run(r, warmup, False, f"{name}-{device} timing, warm-up")
+    runners = {name: Runner(spec, batches, device, lr, seed, f"{name}-{device} timing") for name, spec in specs.items()}
+    for r in runners.values():  # first steps (allocator, thread pool, caches) stay out of the figures
+        for _ in range(warmup):
+            r.step("warm-up")
     names = list(runners)
     out = {name: [] for name in names}
     for k in range(rounds):
-        rows = {name: [] for name in names}
+        marks = {name: [] for name in names}
         for s in range(steps):
             j = (k * steps + s) % len(names)
             for name in names[j:] + names[:j]:  # rotated: no loss always runs first
-                rows[name].append(_run(runners[name], 1, True, f"{name}-{device} timing, round {k + 1}")[0])
-        for name in names:
-            out[name].append(np.median(rows[name], axis=0))
+                marks[name].append(runners[name].step(f"round {k + 1}"))
+        for name in names:  # read after the round: no step waited for the device
+            out[name].append(np.median(runners[name].seconds(marks[name]), axis=0))
     return {name: {"step_seconds": [float(row[0]) for row in rows],
                    "phase_seconds": {p: [float(row[1 + i]) for row in rows] for i, p in enumerate(PHASES)}}
             for name, rows in out.items()}

@@ -1,13 +1,15 @@
 """The tutorial's training loop, timed, with the evidence the report judges.
 
 Per configuration: ``repeats`` seeded runs (every step's loss and time), the
-step-1 gradient of every parameter, and the final weights. (What a loss costs
-beside its reference is measured apart, all losses in turn: lossbench.timing.) A loss that raises, returns a non-scalar or a non-finite value
-stops the run with the configuration, repeat, epoch and step named.
+step-1 gradient of every parameter, and the final weights, all through the one
+training step (lossbench.engine). What a loss costs beside its reference is
+measured apart, all losses in turn (lossbench.timing). A loss that raises or
+returns a non-scalar stops the run there; a NaN or Inf loss is named at the
+first step it appeared, once the run's losses are read. Either way the
+configuration, repeat, epoch and step are named.
 """
 
 import hashlib
-import math
 import sys
 import time
 
@@ -16,18 +18,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from lossbench import data, determinism
-from lossbench.errors import UserError, raised
-from lossbench.losses import not_scalar
-from lossbench.io import PHASES, STEP_COLUMNS
-from lossbench.model import AutoEncoder
-
-
-
-class RunError(UserError):
-    """The loss under test failed inside a run."""
-
-    exit_code = 1
+from lossbench import data, problems
+from lossbench.engine import RunError, Trainer
+from lossbench.io import STEP_COLUMNS
 
 
 def weights_digest(model):
@@ -47,43 +40,36 @@ def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=No
     """The tutorial's loop. Returns the steps table and the weights (digests, final tensors).
 
     ``batches()`` yields one epoch of (B, 784) tensors on ``device``. The loss
-    recorded for a step is the one computed before that step's update.
+    recorded for a step is the one computed before that step's update. Nothing
+    here waits for the device between steps: the losses stay on it and each
+    step is timed by the clock's marks around it (CUDA events on CUDA), all
+    read once at the end.
     """
-    determinism.seed_everything(seed)
-    model = AutoEncoder().to(device)  # built right after seeding, then moved
-    start = weights_digest(model)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    loss_fn = make_loss()
-    rows = []
+    trainer = Trainer(make_loss, device, lr, seed)
+    start = weights_digest(trainer.model)
+    clock = Clock(device)
+    where, values, marks = [], [], []
     t_start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         for step, x in enumerate(batches(), 1):  # x: (B, 784), input and target
-            t0 = time.perf_counter()
-            out = model(x)  # (B, 784)
-            try:
-                loss = loss_fn(out, x)  # scalar
-            except Exception as e:  # the loss under test is user code: say where it broke
-                raise RunError(f"{_at(label, epoch, step, len(rows) + 1)}: the loss raised {raised(e)}") from e
-            problem = not_scalar(loss)
-            if problem:
-                raise RunError(f"{_at(label, epoch, step, len(rows) + 1)}: the loss {problem}")
-            opt.zero_grad()
-            try:
-                loss.backward()
-            except Exception as e:  # a user's backward
-                raise RunError(f"{_at(label, epoch, step, len(rows) + 1)}: the loss's backward raised {raised(e)}") from e
-            opt.step()
-            value = loss.item()  # waits for the device, so t1 - t0 is the whole step
-            t1 = time.perf_counter()
-            if not math.isfinite(value):
-                raise RunError(f"{_at(label, epoch, step, len(rows) + 1)}: the loss is {value}, expected a finite value")
-            rows.append((epoch, step, len(rows) + 1, value, t1 - t0))
+            where.append((epoch, step))
+            at = _at(label, epoch, step, len(where))
+            marks.append(clock.mark())
+            values.append(trainer.step(x, at))  # scalar, on the device
+            marks.append(clock.mark())
             if progress is not None:
                 progress.update()
+    seconds = clock.elapsed(marks)[::2]  # (start, end) of each step; waits for the device once
+    losses = torch.stack(values).cpu().numpy().astype(np.float64)  # (steps,): exactly the float32 values
     total = time.perf_counter() - t_start
-    steps = pd.DataFrame(rows, columns=["epoch", "step", "global_step", "loss", "seconds"])
-    weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    return steps, {"weights_start": start, "weights_end": weights_digest(model), "total_seconds": total,
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:  # the first step whose loss is NaN or Inf, named as if it had stopped there
+        i = int(bad[0])
+        raise RunError(problems.not_finite(losses[i]), _at(label, *where[i], i + 1))
+    steps = pd.DataFrame({"epoch": [e for e, _ in where], "step": [s for _, s in where],
+                          "global_step": np.arange(1, len(where) + 1), "loss": losses, "seconds": seconds})
+    weights = {k: v.detach().cpu().numpy() for k, v in trainer.model.state_dict().items()}
+    return steps, {"weights_start": start, "weights_end": weights_digest(trainer.model), "total_seconds": total,
                    "weights": weights}
 
 
@@ -92,13 +78,8 @@ def first_step_gradients(make_loss, batches, device, seed):
 
     A parameter that no gradient reaches gets zeros (the detached control).
     """
-    determinism.seed_everything(seed)
-    model = AutoEncoder().to(device)
-    x = next(iter(batches()))  # (B, 784): the first batch
-    loss = make_loss()(model(x), x)
-    loss.backward()
-    return {k: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().cpu().numpy()
-            for k, p in model.named_parameters()}
+    trainer = Trainer(make_loss, device, 1e-3, seed)  # no step is taken: the learning rate plays no part
+    return trainer.gradients(next(iter(batches())), "step-1 gradients")  # the first batch, (B, 784)
 
 
 class Clock:

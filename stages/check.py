@@ -78,7 +78,7 @@ def main_check(params_path, devices, out, runs):
             if reasons[device] is None:
                 problem = check(spec, kind(device))
                 if problem:
-                    raise UserError(f"{key(params_path, params, name)} ({j.fn}) on {device}: {problem}")
+                    raise UserError(f"{key(params_path, params, name)} ({j.fn}) on {device}: {problem.message}")
                 notes.append(platform.replaced(Path(runs) / config / "run.json", record["platform"]))
             else:
                 record, why = elsewhere(record, runs, reasons[device])

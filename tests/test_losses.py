@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lossbench import losses
+from lossbench import losses, problems
 from lossbench.errors import UserError
 from lossbench.preflight import check, preflight, source
 from lossbench.registry import REGISTRY
@@ -190,19 +190,24 @@ class _BadBackward(torch.autograd.Function):
         raise RuntimeError("forgot to save the inputs")
 
 
-@pytest.mark.parametrize("fn, message", [
-    (lambda a, b: (a - b) ** 2, r"returned shape \(4, 784\), expected a scalar \(shape \(\)\)"),
-    (lambda a, b: float(((a - b) ** 2).mean().detach()), "returned a float, expected a scalar tensor"),
-    (lambda a, b: ((a - b) ** 2).mean().double(), "returned torch.float64, expected torch.float32"),
-    (lambda a, b: ((a - b) ** 2).mean() * float("nan"), "returned nan, expected a finite value"),
-    (lambda a, b: ((a - b) * 0).sqrt().mean(), "the loss's backward gives non-finite gradients"),  # d sqrt(0) = inf
-    (lambda a, b: a.sum(dim=5), r"the loss raised IndexError: Dimension out of range.* \(at tests/test_losses.py:\d+\)$"),
-    (_detached, "is not connected to the input's graph: no gradient would reach the model"),
-    (_BadBackward.apply, r"the loss's backward raised RuntimeError: forgot to save the inputs \(at tests/test_losses.py:\d+\)"),
+@pytest.mark.parametrize("fn, code, message", [
+    (lambda a, b: (a - b) ** 2, problems.NOT_SCALAR, r"returned shape \(4, 784\), expected a scalar \(shape \(\)\)"),
+    (lambda a, b: float(((a - b) ** 2).mean().detach()), problems.NOT_A_TENSOR,
+     "returned a float, expected a scalar tensor"),
+    (lambda a, b: ((a - b) ** 2).mean().double(), problems.WRONG_DTYPE, "returned torch.float64, expected torch.float32"),
+    (lambda a, b: ((a - b) ** 2).mean() * float("nan"), problems.NOT_FINITE, "the loss is nan, expected a finite value"),
+    (lambda a, b: ((a - b) * 0).sqrt().mean(), problems.GRADIENT_NOT_FINITE,
+     "the loss's backward gives non-finite gradients"),  # d sqrt(0) = inf
+    (lambda a, b: a.sum(dim=5), problems.RAISED,
+     r"the loss raised IndexError: Dimension out of range.* \(at tests/test_losses.py:\d+\)$"),
+    (_detached, problems.DETACHED, "is not connected to the input's graph: no gradient would reach the model"),
+    (_BadBackward.apply, problems.BACKWARD_RAISED,
+     r"the loss's backward raised RuntimeError: forgot to save the inputs \(at tests/test_losses.py:\d+\)"),
 ])
-def test_preflight_names_what_is_wrong(fn, message):
+def test_preflight_names_what_is_wrong(fn, code, message):
     problem = preflight(Spec(fn), "cpu")
-    assert problem is not None and re.search(message, problem), problem
+    assert problem is not None and problem.code == code, problem
+    assert re.search(message, problem.message), problem.message
 
 
 def test_debug_raises_the_users_own_exception(monkeypatch):
@@ -214,9 +219,9 @@ def test_debug_raises_the_users_own_exception(monkeypatch):
 def test_preflight_passes_every_shipped_loss_and_holds_the_detached_control_to_its_declaration():
     for name, reg in REGISTRY.items():
         assert check(build(name), "cpu") is None, name
-    assert preflight(build("numpy_detached"), "cpu").startswith("the loss is not connected")
-    assert check(Spec(_detached, updates_weights=True), "cpu").startswith("the loss is not connected")
-    assert check(Spec(losses.NumpyMSE.apply, updates_weights=False), "cpu").startswith("the loss is declared detached")
+    assert preflight(build("numpy_detached"), "cpu").code == problems.DETACHED
+    assert check(Spec(_detached, updates_weights=True), "cpu").code == problems.DETACHED
+    assert check(Spec(losses.NumpyMSE.apply, updates_weights=False), "cpu").code == problems.NOT_DETACHED
     for fn, args, _ in EXAMPLES:
         assert check(build(fn, args), "cpu") is None
 

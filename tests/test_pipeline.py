@@ -232,3 +232,62 @@ def test_example_losses_equal_their_references_through_dvc_exp_run(repo):
         assert row["grad_max_rel_err"] == 0.0  # each backward follows torch's formula: bitwise equal gradients
         print(f"{cand}: max |diff| {row['max_abs_diff']:.3g}, bitwise-equal steps {row['bitwise_equal_steps']}")
     assert metrics(root)["passed"] is True
+
+
+# ---- An independent golden: the tutorial's own loop, written here from the tutorial, no lossbench import ----
+
+def tutorial_losses(data_root, loss_name):
+    """The tutorial, as a user would type it: seeds, model, DataLoader + ToTensor, Adam, 2 epochs."""
+    import random
+
+    import torchvision
+    from torch import nn
+
+    class NumpyMSE(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, t):
+            ctx.save_for_backward(x, t)
+            xn, tn = x.detach().cpu().numpy(), t.detach().cpu().numpy()
+            return torch.tensor(np.mean((xn - tn) ** 2), dtype=x.dtype, device=x.device)
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, t = ctx.saved_tensors
+            return grad * 2 * (x - t) / x.numel(), None
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    model = nn.Sequential(  # 784-128-64-12-3-12-64-128-784, built right after seeding
+        nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 3),
+        nn.Linear(3, 12), nn.ReLU(), nn.Linear(12, 64), nn.ReLU(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 784),
+        nn.Sigmoid())
+    dataset = torchvision.datasets.MNIST(data_root, train=True, download=False,
+                                         transform=torchvision.transforms.ToTensor())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=256, shuffle=False)
+    criterion = nn.MSELoss() if loss_name == "torch_mse" else NumpyMSE.apply
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    out = []
+    for _ in range(2):
+        for images, _labels in loader:
+            x = images.view(images.size(0), -1)  # (B, 784), input and target
+            loss = criterion(model(x), x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out.append(loss.item())  # the loss before this step's update
+    return out
+
+
+@pytest.mark.parametrize("loss", ["torch_mse", "numpy_mse"])
+def test_pipeline_equals_the_tutorial_written_independently(repo, loss):
+    """Not lossbench against itself: the default pipeline's steps.csv against the tutorial's loop, bit for bit."""
+    root, _, _ = repo
+    steps = pd.read_csv(root / "data" / "runs" / f"{loss}-cpu" / "steps.csv")
+    ours = steps.loc[steps["repeat"] == 1, "loss"].map(float.hex).tolist()
+    theirs = [float.hex(v) for v in tutorial_losses(root / "data", loss)]
+    assert len(theirs) == 470 and len(ours) == 470
+    equal = sum(a == b for a, b in zip(ours, theirs))
+    assert equal == 470, f"{loss}: {equal} of 470 steps bitwise equal to the tutorial's loop"

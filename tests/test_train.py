@@ -200,7 +200,7 @@ def test_bench_prints_both_paths_the_breakdown_and_the_cost_table(tmp_path, synt
     own = float(parts[2][1])
     slack = len(parts) * 5e-4 / own + 5e-4  # each part is printed to the ms; the ratio to 3 decimals
     assert total == pytest.approx(sum(float(v) for _, v in parts) / own, abs=slack)
-    assert re.search(r"^  functional_mse\s+torch_mse\s+\d\.\d{3}x \[\d\.\d{3}, \d\.\d{3}\]", out, re.M)
+    assert re.search(r"^  functional_mse\s+torch_mse\s+\d+\.\d{3}x \[\d+\.\d{3}, \d+\.\d{3}\]", out, re.M)
     assert re.search(r"^  torch_mse\s+-\s+1 \(reference\)", out, re.M)
 
 

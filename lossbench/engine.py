@@ -1,0 +1,95 @@
+"""One training step, for everything that trains: the runs, the step-1 gradient evidence, the cost
+measurement, the bench and the pre-flight.
+
+A ``Trainer`` is the tutorial's state (the model built right after seeding, Adam, the loss) and its
+step: forward, loss, ``zero_grad``, backward, ``step``. The run options (the device now; the
+autocast dtype and ``torch.compile`` next) are applied here and nowhere else. A step never waits
+for the device: its loss comes back as a tensor, so on CUDA the host queues step after step while
+the GPU works, and a caller reads the values (one copy) when it needs them.
+
+The loss under test is user code: an exception in its forward or backward becomes a ``RunError``
+naming where it happened, with the user's own file and line.
+"""
+
+import torch
+
+from lossbench import determinism
+from lossbench import problems
+from lossbench.errors import UserError, debugging, raised
+from lossbench.model import AutoEncoder
+
+
+class RunError(UserError):
+    """The loss under test failed inside a run: the problem (a value) and where it happened."""
+
+    exit_code = 1
+
+    def __init__(self, problem, where=""):
+        super().__init__(problem.at(where))
+        self.problem = problem
+
+
+def _no_mark():
+    return None
+
+
+class Trainer:
+    """Seeded model, Adam and the loss on one device; ``step`` is the tutorial's step."""
+
+    def __init__(self, make_loss, device, lr, seed):
+        determinism.seed_everything(seed)
+        self.device = device
+        self.model = AutoEncoder().to(device)  # built right after seeding, then moved
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.loss_fn = make_loss()
+
+    def loss(self, x, where):
+        """Forward and loss on ``x`` (B, 784), input and target; the model's output and the loss tensor."""
+        out = self.model(x)  # (B, 784)
+        return out, self._call_loss(out, x, where)
+
+    def _call_loss(self, out, x, where):
+        try:
+            loss = self.loss_fn(out, x)  # scalar
+        except Exception as e:  # user code: say where it broke (the traceback behind LOSSBENCH_DEBUG)
+            if debugging():
+                raise
+            raise RunError(problems.raised(raised(e)), where) from e
+        problem = problems.not_scalar(loss)
+        if problem:
+            raise RunError(problem, where)
+        return loss
+
+    def backward(self, loss, where):
+        try:
+            loss.backward()
+        except Exception as e:  # a user's backward
+            if debugging():
+                raise
+            raise RunError(problems.backward_raised(raised(e)), where) from e
+
+    def step(self, x, where, mark=_no_mark):
+        """One step on ``x`` (B, 784); the loss before the update, detached, still on the device.
+
+        ``mark()`` is called before the forward and after each phase (forward, loss, backward, step):
+        the phase timer's hook, free when nobody times.
+        """
+        mark()
+        out = self.model(x)  # (B, 784)
+        mark()
+        loss = self._call_loss(out, x, where)
+        mark()
+        self.opt.zero_grad()
+        self.backward(loss, where)
+        mark()
+        self.opt.step()
+        mark()
+        return loss.detach()
+
+    def gradients(self, x, where):
+        """Every parameter's gradient after one backward on ``x``, without the update (zeros where none
+        reaches the parameter: the detached control)."""
+        _, loss = self.loss(x, where)
+        self.backward(loss, where)
+        return {k: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().cpu().numpy()
+                for k, p in self.model.named_parameters()}
