@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from lossbench.config import load_params
+from lossbench.configuration import Configuration
 from lossbench.errors import UserError, run
 
 SUMMARY = "reports/summary.json"
@@ -79,7 +80,7 @@ def trajectories(a, b, rev_a, rev_b, repo="."):
         ta, tb = read_losses(rev_a, device, repo), read_losses(rev_b, device, repo)
         for loss in sorted(set(ta.columns if ta is not None else []) | set(tb.columns if tb is not None else [])):
             col = {k: t[loss] if t is not None and loss in t else None for k, t in (("a", ta), ("b", tb))}
-            lines.append(trajectory_line(f"{loss}-{device}", col["a"], col["b"]))
+            lines.append(trajectory_line(Configuration(loss, device).key, col["a"], col["b"]))
     return lines
 
 

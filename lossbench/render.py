@@ -127,7 +127,7 @@ def fmt(x, spec):
 
 def markdown(params, res, images):
     rp = params.report
-    rows = pd.DataFrame(res.configs.values())
+    rows = pd.DataFrame(list(res.configs.values()), index=list(res.configs))  # indexed by configuration key
     lines = ["# lossbench report", ""]
     lines.append("**Result: " + ("PASS" if not res.failures else f"FAIL ({len(res.failures)})") + "**")
     lines.append("")
@@ -153,7 +153,7 @@ def markdown(params, res, images):
                   f"|loss - ref| <= {rp.same_device.atol:g} + {rp.same_device.rtol:g} * |ref| and every "
                   f"parameter's step-1 gradient passes max |g - g_ref| <= {rp.gradient.rtol:g} * max |g_ref|.", ""]
         v = pd.DataFrame({
-            "config": ran["loss"] + "-" + ran["device"], "reference": ran["reference"].fillna("-"),
+            "config": ran.index, "reference": ran["reference"].fillna("-"),
             "expected": ran["expected"], "verdict": ran["verdict"],
             "ok": ran["passed"].map({True: "yes", False: "**NO**"}),
             "max abs diff": ran["max_abs_diff"].map(lambda x: fmt(x, ".3g")),
@@ -171,7 +171,7 @@ def markdown(params, res, images):
                   f"ratio is beyond {cp.min_effect:g}x. Training step: the median over the training repeats "
                   "(separate processes, minutes apart: drift between them does not cancel).", ""]
         c = pd.DataFrame({
-            "config": ran["loss"] + "-" + ran["device"],
+            "config": ran.index,
             "cost vs reference": [_cost(r) for r in ran.to_dict("records")],
             "timed step (ms)": [_ci(r.get("cost_step_ms"), ".3f") for r in ran.to_dict("records")],
             "training step (ms)": ran["median_step_ms"].map(lambda x: fmt(x, ".3f")),
@@ -182,22 +182,22 @@ def markdown(params, res, images):
     if res.failures:
         lines += ["## Failures", ""] + [f"- {f}" for f in res.failures] + [""]
     lines += ["## Details", ""]
-    judged = [r for r in res.configs.values() if r.get("grad_summary")]
+    judged = {key: r for key, r in res.configs.items() if r.get("grad_summary")}
     if judged:
         lines += ["### Gradients and weights", "",
                   "Step 1, from the same initial weights and first batch as the reference; final weights "
                   "after the last step, largest |diff| over every tensor.", ""]
-        lines += [f"- **{r['loss']}-{r['device']}** vs {r['reference']}: {r['grad_summary']}; final weights "
-                  f"max |diff| {r['weights_max_abs_diff']:.3g} (in {r['weights_worst_tensor']})" for r in judged]
+        lines += [f"- **{key}** vs {r['reference']}: {r['grad_summary']}; final weights "
+                  f"max |diff| {r['weights_max_abs_diff']:.3g} (in {r['weights_worst_tensor']})" for key, r in judged.items()]
         lines.append("")
     if res.cross:
         lines += ["### Across devices", "",
                   f"Tolerance: {rp.cross_device.atol:g} + {rp.cross_device.rtol:g} * |ref|.", "",
                   pd.DataFrame([{"loss pair": k, **v} for k, v in res.cross.items()]).to_markdown(index=False), ""]
-    timed = [r for r in res.configs.values() if "phases_ms" in r]
+    timed = {key: r for key, r in res.configs.items() if "phases_ms" in r}
     if timed:
-        ph = pd.DataFrame([{"config": f"{r['loss']}-{r['device']}",
-                            **{f"{k} (ms)": _ci(r["phases_ms"][k], ".3f") for k in PHASES}} for r in timed])
+        ph = pd.DataFrame([{"config": key, **{f"{k} (ms)": _ci(r["phases_ms"][k], ".3f") for k in PHASES}}
+                           for key, r in timed.items()])
         lines += ["### Where the time goes", "",
                   "Per phase, from the same interleaved measurement: the mean over rounds of each round's median, "
                   "with its 95% interval (CUDA events on CUDA, so a device-to-host copy shows in `loss`).", "",

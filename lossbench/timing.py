@@ -11,6 +11,7 @@ cancels and only what differs within a round counts.
 
 import numpy as np
 
+from lossbench.configuration import Configuration
 from lossbench.io import PHASES
 from lossbench.engine import Trainer
 from lossbench.training import Clock
@@ -51,7 +52,7 @@ def interleaved(specs, batches, device, lr, seed, rounds, steps, warmup):
     block of steps per loss let the machine drift between blocks (per-round ratios spread 7-12%
     here, intervals up to 4.4% wide); turn by turn they spread 5-8% (intervals 1.1-1.8%).
     """
-    runners = {name: Runner(spec, batches, device, lr, seed, f"{name}-{device} timing") for name, spec in specs.items()}
+    runners = {name: Runner(spec, batches, device, lr, seed, f"{Configuration(name, device).key} timing") for name, spec in specs.items()}
     for r in runners.values():  # first steps (allocator, thread pool, caches) stay out of the figures
         for _ in range(warmup):
             r.step("warm-up")

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from lossbench import evidence, stats
+from lossbench.configuration import Configuration
 from lossbench.errors import UserError
 from lossbench.io import STEP_COLUMNS, read_json, read_tensors
 
@@ -33,7 +34,7 @@ class Run:
 
     @property
     def name(self):
-        return f"{self.loss}-{self.device}"
+        return Configuration(self.loss, self.device).key
 
     def losses(self, repeat=1):
         s = self.steps
@@ -61,8 +62,9 @@ def load_run(run_dir, loss, device):
     return Run(loss, device, info, steps, read_tensors(run_dir / "grads.npz"), read_tensors(run_dir / "weights.npz"))
 
 
-def load_runs(runs_dir, losses, devices):
-    return {(l, d): load_run(Path(runs_dir) / f"{l}-{d}", l, d) for d in devices for l in losses}
+def load_runs(runs_dir, configurations):
+    """Per (loss, device): its run, read from the configuration's own directory."""
+    return {(c.loss, c.device): load_run(c.run_dir(runs_dir), c.loss, c.device) for c in configurations}
 
 
 def repeat_mismatch(run):
@@ -146,7 +148,7 @@ def cost_rows(params, costs):
             ref = plan[loss].reference or loss
             ratio, lo, hi = stats.ratio_ci(m["step_seconds"], c["losses"][ref]["step_seconds"])
             phases = {p: [v * 1e3 for v in vals] for p, vals in m["phase_seconds"].items()}
-            rows[f"{loss}-{device}"] = {
+            rows[Configuration(loss, device).key] = {
                 "cost_ratio": ratio, "cost_ratio_low": lo, "cost_ratio_high": hi,
                 "cost": "reference" if ref == loss else stats.label(ratio, lo, hi, params.cost.min_effect),
                 "cost_step_ms": stats.mean_ci([v * 1e3 for v in m["step_seconds"]]),

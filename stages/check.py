@@ -22,6 +22,7 @@ from pathlib import Path
 
 from lossbench import gpu, platform
 from lossbench.config import kind, load_params, machine, owner
+from lossbench.configuration import Configuration
 from lossbench.errors import UserError, run
 from lossbench.io import read_json, write_json
 from lossbench.losses import resolve
@@ -38,7 +39,7 @@ def key(params_path, params, name):
 
 def elsewhere(record, runs, reason):
     """The record another machine wrote for this configuration, if its run is here and current; else not run."""
-    path = Path(runs) / record["config"] / "run.json"
+    path = Configuration(record["loss"], record["device"]).run_dir(runs) / "run.json"
     ran = read_json(path) if path.is_file() else {}
     if ran.get("status") == "ran" and ran.get("loss_source") == record["source"]:
         return {**record, "available": True, "reason": None, "platform": ran["platform"]}, None
@@ -72,7 +73,7 @@ def main_check(params_path, devices, out, runs):
             raise UserError(f"{key(params_path, params, name)} ({j.fn}): {e}") from e
         loss = {"loss": name, "fn": j.fn, "args": j.args, "source": source(j.fn)}
         for device in devices:
-            config = f"{name}-{device}"
+            config = Configuration(name, device).key
             record = {**loss, "config": config, "device": device, "available": reasons[device] is None,
                       "reason": reasons[device], "platform": platform.for_device(host, device)}
             if reasons[device] is None:

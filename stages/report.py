@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from lossbench.config import load_params
+from lossbench.configuration import matrix
 from lossbench.errors import run as run_main
 from lossbench.io import read_json, write_json, write_text
 from lossbench.render import draw, markdown, plot_tables, write_plot_data
@@ -29,7 +30,7 @@ def main(argv=None):
 def report(params_path, runs_dir, cost_dir, out):
     params = load_params(params_path)
     try:
-        runs = load_runs(runs_dir, params.train.losses, params.train.devices)
+        runs = load_runs(runs_dir, matrix(params.train))
         costs = {d: read_json(Path(cost_dir) / f"{d}.json") for d in params.train.devices
                  if (Path(cost_dir) / f"{d}.json").is_file()}  # a device run elsewhere and not pulled: untimed
     except (FileNotFoundError, ValueError) as e:

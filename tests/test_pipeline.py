@@ -21,6 +21,7 @@ import yaml
 from PIL import Image
 
 from lossbench.config import load_params
+from lossbench.configuration import matrix
 from tests.conftest import ROOT, copy_tree
 
 pytestmark = pytest.mark.slow
@@ -84,6 +85,16 @@ def test_repro_trains_every_configuration(repo):
         assert (steps.loc[steps["repeat"] == 1, "epoch"].value_counts().sort_index().tolist() == [235, 235])
         cuda = json.loads((root / "data" / "runs" / f"{loss}-cuda" / "run.json").read_text())
         assert cuda["status"] == ("ran" if torch.cuda.is_available() else "unavailable")
+
+
+def test_dvc_names_each_train_stage_and_run_directory_by_the_configurations_key(repo):
+    """The key is derived in one place (Configuration); dvc.yaml's matrix template must give the same names."""
+    root, env, _ = repo
+    stages = {s for s in sh("dvc stage list --name-only", root, env).split() if s.startswith("train@")}
+    configs = matrix(load_params(root / "params.yaml").train)
+    assert stages == {c.stage for c in configs}
+    assert {p.name for p in (root / "data" / "runs").iterdir()} == {c.run_dir(root / "data" / "runs").name
+                                                                     for c in configs}
 
 
 def test_a_configuration_in_the_pipeline_equals_its_solo_run(repo, tmp_path):

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from lossbench.config import load_params
+from lossbench.configuration import matrix
 from lossbench import verdict
 from stages import report
 from tests.conftest import ROOT, check_files, cost_file, small_params, train_config, write_idx
@@ -48,7 +49,7 @@ def work(runs_dir, tmp_path):
 
 def evaluate(work):
     params = load_params(work / "params.yaml")
-    return verdict.evaluate(params, verdict.load_runs(work / "runs", params.train.losses, params.train.devices))
+    return verdict.evaluate(params, verdict.load_runs(work / "runs", matrix(params.train)))
 
 
 def edit_steps(work, config, fn):
@@ -64,7 +65,7 @@ def test_cost_ratio_has_an_interval_and_a_label(work):
 
     params = load_params(work / "params.yaml")
     costs = {d: read_json(work / "cost" / f"{d}.json") for d in params.train.devices}
-    runs = verdict.load_runs(work / "runs", params.train.losses, params.train.devices)
+    runs = verdict.load_runs(work / "runs", matrix(params.train))
     c = verdict.evaluate(params, runs, costs).configs
     assert c["torch_mse-cpu"]["cost"] == "reference" and c["torch_mse-cpu"]["cost_ratio"] == 1.0
     for loss in LOSSES[1:]:
