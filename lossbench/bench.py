@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lossbench import determinism, stats, training
+from lossbench import determinism, stats, task, training
 from lossbench.config import load_params
 from lossbench.losses import resolve
 from lossbench.timing import interleaved
@@ -33,7 +33,7 @@ from lossbench.timing import interleaved
 def time_loader(loader, spec, root, device, p):
     """One seeded training run; its losses and where its wall time went."""
     t0 = time.perf_counter()
-    batches, _ = training.make_batches(loader, root, device, p.batch_size)
+    batches, _ = task.batches(loader, root, device, p.batch_size)
     t1 = time.perf_counter()
     steps, info = training.run_once(spec.make, batches, device, p.epochs, p.lr, p.seed, loader)
     t2 = time.perf_counter()
@@ -88,7 +88,7 @@ def cost_table(params, root, device):
     t, c = params.train, params.cost
     plan = params.plan()
     specs = {name: resolve(name, j.fn, j.args) for name, j in plan.items()}
-    batches, _ = training.make_batches(t.loader, root, device, t.batch_size)
+    batches, _ = task.batches(t.loader, root, device, t.batch_size)
     t0 = time.perf_counter()
     m = interleaved(specs, batches, device, t.lr, t.seed, c.rounds, c.steps, c.warmup_steps)
     wall = time.perf_counter() - t0

@@ -14,9 +14,8 @@ naming where it happened, with the user's own file and line.
 import torch
 
 from lossbench import determinism
-from lossbench import problems
+from lossbench import problems, task
 from lossbench.errors import UserError, debugging, raised
-from lossbench.model import AutoEncoder
 
 
 class RunError(UserError):
@@ -39,7 +38,7 @@ class Trainer:
     def __init__(self, make_loss, device, lr, seed):
         determinism.seed_everything(seed)
         self.device = device
-        self.model = AutoEncoder().to(device)  # built right after seeding, then moved
+        self.model = task.model().to(device)  # built right after seeding, then moved
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.loss_fn = make_loss()
 

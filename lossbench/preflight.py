@@ -14,22 +14,17 @@ from types import ModuleType
 
 import torch
 
-from lossbench import problems
+from lossbench import problems, task
 from lossbench.engine import RunError, Trainer
 from lossbench.errors import debugging, raised
 from lossbench.registry import REGISTRY
-
-
-def probe_batch(device):
-    """4 images' worth of pixels in [0, 1], input and target: (4, 784). Seeded, data-free."""
-    return torch.rand(4, 784, generator=torch.Generator().manual_seed(0)).to(device)
 
 
 def preflight(spec, device):
     """None when the loss behaves in the training step, else the Problem: the one Trainer runs the
     model's forward and the loss on a probe batch, then the backward to the model's output."""
     trainer = Trainer(spec.make, device, 1e-3, 0)
-    x = probe_batch(device)  # (4, 784)
+    x = task.probe(device)  # (4, 784)
     try:
         out, loss = trainer.loss(x, "")
     except RunError as e:  # raised, or not a scalar tensor

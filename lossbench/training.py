@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from lossbench import data, problems
+from lossbench import problems, task
 from lossbench.engine import RunError, Trainer
 from lossbench.io import STEP_COLUMNS
 
@@ -109,21 +109,12 @@ def step_stats(seconds, warmup):
     return {"median": float(np.median(kept)), "p90": float(np.percentile(kept, 90))}
 
 
-def make_batches(loader, root, device, batch_size):
-    """A function that yields one epoch of batches, for the chosen data path, and the steps in an epoch."""
-    if loader == "preloaded":
-        images = data.preload(root, device)  # (N, 784) float32 on device
-        return (lambda: data.preloaded_batches(images, batch_size)), data.steps_per_epoch(len(images), batch_size)
-    n = len(data.train_images(root))
-    return (lambda: data.dataloader_batches(root, batch_size, device)), data.steps_per_epoch(n, batch_size)
-
-
 def train_config(spec, device, train, root, label):
     """All repeats of one configuration and the gradient evidence.
 
     Returns (steps, run, tensors): tensors holds ``grads`` (step 1) and ``weights`` (final, repeat 1).
     """
-    batches, per_epoch = make_batches(train.loader, root, device, train.batch_size)
+    batches, per_epoch = task.batches(train.loader, root, device, train.batch_size)
     n_steps = train.epochs * per_epoch
     tables, repeats = [], []
     with tqdm(total=n_steps * train.repeats, desc=label, file=sys.stderr, mininterval=1) as bar:

@@ -24,10 +24,9 @@ def cost_stage(device, params_path, root, check_dir, out):
     if absent:  # before importing torch (~3 s): nothing to time on this host
         write_json(out, {**record, "status": "unavailable", "reason": absent[0]["reason"]})
         return
-    from lossbench import determinism, platform
+    from lossbench import determinism, platform, task
     from lossbench.losses import resolve
     from lossbench.timing import interleaved
-    from lossbench.training import make_batches
 
     flags = determinism.set_determinism()  # before anything touches CUDA
     why = platform.not_mine(device, first["platform"])
@@ -39,7 +38,7 @@ def cost_stage(device, params_path, root, check_dir, out):
     train, cost = params.train, params.cost
     record |= {"params": cost.model_dump(), "determinism": flags}
     specs = {loss: resolve(loss, checks[loss]["fn"], checks[loss]["args"]) for loss in train.losses}
-    batches, _ = make_batches(train.loader, root, kind(device), train.batch_size)
+    batches, _ = task.batches(train.loader, root, kind(device), train.batch_size)
     t0 = time.perf_counter()
     losses = interleaved(specs, batches, kind(device), train.lr, train.seed, cost.rounds, cost.steps,
                          cost.warmup_steps)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lossbench import data, training
+from lossbench import data, task, training
 from lossbench.config import load_params
 from lossbench.io import read_tensors, write_steps
 from lossbench.losses import resolve
@@ -48,7 +48,7 @@ def test_outputs_of_a_run(tmp_path, synthetic):
 
 def test_loss_round_trips_float32_exactly(synthetic):
     params = load_params("params.yaml").train.model_copy(update={"epochs": 1, "batch_size": 64})
-    batches, _ = training.make_batches("preloaded", synthetic, "cpu", 64)
+    batches, _ = task.batches("preloaded", synthetic, "cpu", 64)
     losses = []
     original = resolve("torch_mse", "torch_mse", {}).make
 
@@ -173,8 +173,8 @@ def test_preloaded_is_bitwise_identical_to_the_tutorial_loop_on_real_mnist(real_
         return lambda: (x for i, x in zip(range(n), batches()))
 
     make = resolve("numpy_mse", "numpy_mse", {}).make
-    a, _ = training.run_once(make, first(training.make_batches("preloaded", real_mnist, "cpu", 256)[0]), "cpu", 2, 1e-3, 0)
-    b, _ = training.run_once(make, first(training.make_batches("dataloader", real_mnist, "cpu", 256)[0]), "cpu", 2, 1e-3, 0)
+    a, _ = training.run_once(make, first(task.batches("preloaded", real_mnist, "cpu", 256)[0]), "cpu", 2, 1e-3, 0)
+    b, _ = training.run_once(make, first(task.batches("dataloader", real_mnist, "cpu", 256)[0]), "cpu", 2, 1e-3, 0)
     assert np.array_equal(a["loss"].to_numpy(), b["loss"].to_numpy())
     assert a["loss"].iloc[0] != a["loss"].iloc[-1]
 
