@@ -28,7 +28,7 @@ bash gpu/pack.sh "$PYVER" 2> >(grep -v '^WARNING: Location' >&2)
 echo "gpu-check: gpu/run.sh, CPU form"
 rc=0
 OUT="$WORK/out" PYTHON="$WORK/host/bin/python" BENCH_TIMEOUT=300 REPRO_TIMEOUT=900 bash gpu/run.sh || rc=$?
-mkdir "$WORK/back" && tar xzf "$WORK/out/gpu-run.tar.gz" -C "$WORK/back"
+mkdir "$WORK/back" && cat "$WORK"/out/gpu-run.tar.gz* | tar xz -C "$WORK/back"
 "$WORK/host/bin/python" - "$WORK/back" "$rc" <<'PYEOF'
 import json, sys
 from pathlib import Path

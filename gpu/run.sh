@@ -82,7 +82,12 @@ BENCH_RC=$?
 echo "exit $BENCH_RC" >> "$LOG/bench.txt"; cat "$LOG/bench.txt"
 
 phase "pack"
+# one archive; in parts of 15 MiB where it is larger (the device tool returns 8 files of at most 16 MiB):
+# cat gpu-run.tar.gz.* | tar xz
 tar czf "$OUT/gpu-run.tar.gz" gpu-log reports dvc.lock data/runs data/cost data/check 2>/dev/null
+if [ "$(stat -c %s "$OUT/gpu-run.tar.gz")" -gt $((15 * 1048576)) ]; then
+    split -b 15M -d "$OUT/gpu-run.tar.gz" "$OUT/gpu-run.tar.gz." && rm "$OUT/gpu-run.tar.gz"
+fi
 phase "done: dvc repro exit $REPRO_RC, bench exit $BENCH_RC"
 ls -la "$OUT"
 [ "$REPRO_RC" -ne 0 ] && exit "$REPRO_RC"

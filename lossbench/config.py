@@ -176,7 +176,8 @@ class Params(Strict):
         for name in self.train.losses:
             if name not in self.losses and name not in REGISTRY and not USER_LOSS.match(name):
                 raise ValueError(f"train.losses: unknown loss {name!r}: expected {FN_HELP}, or a name "
-                                 f"defined under losses: (defined: {sorted(self.losses)})")
+                                 f"defined under losses: (registered: {sorted(REGISTRY)}; "
+                                 f"defined: {sorted(self.losses)})")
         for name, d in self.losses.items():  # defined, trained or not: a typo is caught now
             if d.reference and not (d.reference in self.losses or d.reference in REGISTRY
                                     or d.reference in self.train.losses):

@@ -118,7 +118,9 @@ def _cost(r):
         return ""
     if r["cost"] == "reference":
         return "1 (reference)"
-    return f"{r['cost_ratio']:.2f}x [{r['cost_ratio_low']:.2f}, {r['cost_ratio_high']:.2f}]: {r['cost']}"
+    lo, hi = r["cost_ratio_low"], r["cost_ratio_high"]
+    digits = 2 if not (round(lo, 2) == 1 or round(hi, 2) == 1) else 3  # an interval that excludes 1 never prints 1.00
+    return f"{r['cost_ratio']:.{digits}f}x [{lo:.{digits}f}, {hi:.{digits}f}]: {r['cost']}"
 
 
 def fmt(x, spec):
@@ -199,7 +201,7 @@ def markdown(params, res, images):
         ph = pd.DataFrame([{"config": key, **{f"{k} (ms)": _ci(r["phases_ms"][k], ".3f") for k in PHASES}}
                            for key, r in timed.items()])
         lines += ["### Where the time goes", "",
-                  "Per phase, from the same interleaved measurement: the mean over rounds of each round's median, "
+                  "Per phase, from the same interleaved measurement: the geometric mean over rounds of each round's median, "
                   "with its 95% interval (CUDA events on CUDA, so a device-to-host copy shows in `loss`).", "",
                   ph.to_markdown(index=False), ""]
     if images:

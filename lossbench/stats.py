@@ -16,21 +16,23 @@ def t975(df):
 
 def ratio_ci(values, reference):
     """Mean per-round ratio values / reference (geometric) and its 95% interval."""
-    logs = np.log(np.asarray(values) / np.asarray(reference))
+    return mean_ci(np.asarray(values) / np.asarray(reference))
+
+
+def mean_ci(values):
+    """Geometric mean of a few positive per-round figures (times, ratios) and its 95% interval: a t-interval
+    on their logarithms, so it stays positive however noisy the rounds (an arithmetic one went below 0 ms
+    on a loaded machine)."""
+    v = np.asarray(values, dtype=float)
+    if np.any(v <= 0):  # a phase too short for its clock: no logarithm; the arithmetic interval, floored at 0
+        half = t975(v.size - 1) * float(v.std(ddof=1)) / math.sqrt(v.size) if v.size > 1 else float("nan")
+        return float(v.mean()), max(0.0, float(v.mean() - half)), float(v.mean() + half)
+    logs = np.log(v)
     mean = float(np.mean(logs))
     if len(logs) < 2:
         return math.exp(mean), float("nan"), float("nan")
     half = t975(len(logs) - 1) * float(np.std(logs, ddof=1)) / math.sqrt(len(logs))
     return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
-
-
-def mean_ci(values):
-    """Mean and 95% interval of a few per-round figures."""
-    v = np.asarray(values, dtype=float)
-    if v.size < 2:
-        return float(v.mean()), float("nan"), float("nan")
-    half = t975(v.size - 1) * float(v.std(ddof=1)) / math.sqrt(v.size)
-    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
 
 def label(ratio, lo, hi, min_effect):

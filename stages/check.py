@@ -33,8 +33,10 @@ class DeviceRequired(UserError):
     exit_code = 3
 
 
-def key(params_path, params, name):
-    return f"{params_path}: losses.{name}" if name in params.losses else f"{params_path}: train.losses: {name!r}"
+def key(params_path, params, name, fn):
+    """Where a loss is named in params, and its fn unless the name is the fn itself (package.module:attr)."""
+    where = f"{params_path}: losses.{name}" if name in params.losses else f"{params_path}: train.losses: {name!r}"
+    return where if fn == name else f"{where} ({fn})"
 
 
 def elsewhere(record, runs, reason):
@@ -70,7 +72,7 @@ def main_check(params_path, devices, out, runs):
         try:
             spec = resolve(name, j.fn, j.args)
         except UserError as e:
-            raise UserError(f"{key(params_path, params, name)} ({j.fn}): {e}") from e
+            raise UserError(f"{key(params_path, params, name, j.fn)}: {e}") from e
         loss = {"loss": name, "fn": j.fn, "args": j.args, "source": source(j.fn)}
         for device in devices:
             config = Configuration(name, device).key
@@ -79,7 +81,7 @@ def main_check(params_path, devices, out, runs):
             if reasons[device] is None:
                 problem = check(spec, kind(device))
                 if problem:
-                    raise UserError(f"{key(params_path, params, name)} ({j.fn}) on {device}: {problem.message}")
+                    raise UserError(f"{key(params_path, params, name, j.fn)} on {device}: {problem.message}")
                 notes.append(platform.replaced(Path(runs) / config / "run.json", record["platform"]))
             else:
                 record, why = elsewhere(record, runs, reasons[device])

@@ -42,10 +42,10 @@ def test_writes_one_file_per_configuration_with_loss_source_and_platform(tmp_pat
 
 @pytest.mark.parametrize("train, code, line", [
     ({"losses": ["torch_mse", "nosuch.module:f"]}, 2,
-     "check: {p}: train.losses: 'nosuch.module:f' (nosuch.module:f): cannot import module 'nosuch.module' "
+     "check: {p}: train.losses: 'nosuch.module:f': cannot import module 'nosuch.module' "
      "(No module named 'nosuch')"),
     ({"losses": ["torch_mse", "lossbench.losses:nope"]}, 2,
-     "check: {p}: train.losses: 'lossbench.losses:nope' (lossbench.losses:nope): module 'lossbench.losses' "
+     "check: {p}: train.losses: 'lossbench.losses:nope': module 'lossbench.losses' "
      "has no attribute 'nope'"),
     ({"devices": ["cpu", "tpu"]}, 2, "check: {p}: train.devices.1: expected 'cpu' or 'cuda', optionally with a machine label as in 'cuda-h100' (lower case letters, digits, _) (got 'tpu')"),
     ({"lr": "fast"}, 2, "check: {p}: train.lr: Input should be a valid number (got 'fast')"),
@@ -62,7 +62,7 @@ def test_a_loss_that_returns_a_vector_is_stopped_with_its_key(tmp_path, capsys, 
     (tmp_path / "bad_losses.py").write_text("def per_pixel(a, b):\n    return (a - b) ** 2\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     code, err = run_check(tmp_path, capsys, losses=["torch_mse", "bad_losses:per_pixel"])
-    assert code == 2 and err.endswith("train.losses: 'bad_losses:per_pixel' (bad_losses:per_pixel) on cpu: the loss "
+    assert code == 2 and err.endswith("train.losses: 'bad_losses:per_pixel' on cpu: the loss "
                                       "returned shape (4, 784), expected a scalar (shape ()): reduce it, e.g. .mean()")
 
 
