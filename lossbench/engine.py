@@ -42,12 +42,10 @@ class Trainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.loss_fn = make_loss()
 
-    def loss(self, x, where):
+    def loss(self, x, where, mark=_no_mark):
         """Forward and loss on ``x`` (B, 784), input and target; the model's output and the loss tensor."""
         out = self.model(x)  # (B, 784)
-        return out, self._call_loss(out, x, where)
-
-    def _call_loss(self, out, x, where):
+        mark()
         try:
             loss = self.loss_fn(out, x)  # scalar
         except Exception as e:  # user code: say where it broke (the traceback behind LOSSBENCH_DEBUG)
@@ -57,7 +55,7 @@ class Trainer:
         problem = problems.not_scalar(loss)
         if problem:
             raise RunError(problem, where)
-        return loss
+        return out, loss
 
     def backward(self, loss, where):
         try:
@@ -74,9 +72,7 @@ class Trainer:
         the phase timer's hook, free when nobody times.
         """
         mark()
-        out = self.model(x)  # (B, 784)
-        mark()
-        loss = self._call_loss(out, x, where)
+        _, loss = self.loss(x, where, mark)
         mark()
         self.opt.zero_grad()
         self.backward(loss, where)

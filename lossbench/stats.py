@@ -19,20 +19,23 @@ def ratio_ci(values, reference):
     return mean_ci(np.asarray(values) / np.asarray(reference))
 
 
+def _t_interval(x):
+    """Mean and 95% half-width of a few figures (half-width NaN for fewer than two)."""
+    if x.size < 2:
+        return float(np.mean(x)), float("nan")
+    return float(np.mean(x)), t975(x.size - 1) * float(np.std(x, ddof=1)) / math.sqrt(x.size)
+
+
 def mean_ci(values):
     """Geometric mean of a few positive per-round figures (times, ratios) and its 95% interval: a t-interval
     on their logarithms, so it stays positive however noisy the rounds (an arithmetic one went below 0 ms
     on a loaded machine)."""
     v = np.asarray(values, dtype=float)
-    if np.any(v <= 0):  # a phase too short for its clock: no logarithm; the arithmetic interval, floored at 0
-        half = t975(v.size - 1) * float(v.std(ddof=1)) / math.sqrt(v.size) if v.size > 1 else float("nan")
-        return float(v.mean()), max(0.0, float(v.mean() - half)), float(v.mean() + half)
-    logs = np.log(v)
-    mean = float(np.mean(logs))
-    if len(logs) < 2:
-        return math.exp(mean), float("nan"), float("nan")
-    half = t975(len(logs) - 1) * float(np.std(logs, ddof=1)) / math.sqrt(len(logs))
-    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+    if np.all(v > 0):
+        mean, half = _t_interval(np.log(v))
+        return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+    mean, half = _t_interval(v)  # a phase too short for its clock: no logarithm; arithmetic, floored at 0
+    return mean, max(0.0, mean - half), mean + half
 
 
 def label(ratio, lo, hi, min_effect):

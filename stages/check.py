@@ -75,14 +75,14 @@ def main_check(params_path, devices, out, runs):
             raise UserError(f"{key(params_path, params, name, j.fn)}: {e}") from e
         loss = {"loss": name, "fn": j.fn, "args": j.args, "source": source(j.fn)}
         for device in devices:
-            config = Configuration(name, device).key
-            record = {**loss, "config": config, "device": device, "available": reasons[device] is None,
+            config = Configuration(name, device)
+            record = {**loss, "config": config.key, "device": device, "available": reasons[device] is None,
                       "reason": reasons[device], "platform": platform.for_device(host, device)}
             if reasons[device] is None:
                 problem = check(spec, kind(device))
                 if problem:
                     raise UserError(f"{key(params_path, params, name, j.fn)} on {device}: {problem.message}")
-                notes.append(platform.replaced(Path(runs) / config / "run.json", record["platform"]))
+                notes.append(platform.replaced(config.run_dir(runs) / "run.json", record["platform"]))
             else:
                 record, why = elsewhere(record, runs, reasons[device])
                 notes.append(why and f"{device} configurations will be reported as not run: {why}")
