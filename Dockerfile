@@ -42,4 +42,5 @@ RUN mkdir -m 1777 /home/lossbench /workspace
 USER 10001:10001
 WORKDIR /workspace
 ENTRYPOINT ["/opt/lossbench/entrypoint.sh"]
-CMD ["dvc", "repro"]
+# `make repro`'s command: this machine's pipeline (results/<machine>/), then the overview
+CMD ["python", "-m", "lossbench.workflow", "repro"]

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help repro test bench compare remote push pull docker docker-repro docker-test gpu-pack gpu-check clean
+.PHONY: help repro overview test bench compare remote push pull docker docker-repro docker-test gpu-pack gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -16,9 +16,12 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
 	touch $@
 
-repro: $(STAMP)  ## run the pipeline (dvc repro): check, download, train matrix, report
+repro: $(STAMP)  ## run this machine's pipeline (results/<machine>/): check, train matrix, cost, report; then the overview
 	$(BIN)/python -m lossbench.config params.yaml  # one line per bad key, before DVC reads the file
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lossbench.workflow repro
+
+overview: $(STAMP)  ## the overview over every machine's committed report (trains nothing)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lossbench.workflow overview
 
 test: $(STAMP)  ## run the test suite
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -32,17 +35,17 @@ clean:  ## remove the virtual environment
 
 remote: $(STAMP)  ## many machines: make remote URL=<dir | s3://... | ssh://...> sets the default DVC remote
 	@test -n "$(URL)" || { echo "usage: make remote URL=<dir | s3://bucket/path | ssh://host/path>" >&2; exit 2; }
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lossbench.machines remote $(URL)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lossbench.workflow remote $(URL)
 
-push: $(STAMP)  ## many machines: results and run-cache to the DVC remote, then dvc.lock and reports to Git
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lossbench.machines push
+push: $(STAMP)  ## many machines: this machine's outputs to the DVC remote, its results/<machine>/ to Git
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lossbench.workflow push
 
-pull: $(STAMP)  ## many machines: Git (dvc.lock), then the results every machine pushed
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lossbench.machines pull
+pull: $(STAMP)  ## many machines: Git (every machine's lock and report), then their outputs
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lossbench.workflow pull
 
-compare: $(STAMP)  ## compare reports: make compare A=<rev> [B=<rev>] (B defaults to the workspace)
-	@test -n "$(A)" || { echo "usage: make compare A=<rev> [B=<rev>]" >&2; exit 2; }
-	$(BIN)/python -m lossbench.compare $(A) $(B)
+compare: $(STAMP)  ## compare reports: make compare A=<rev> [B=<rev>] [M=<machine>] (B: the workspace; M: this machine)
+	@test -n "$(A)" || { echo "usage: make compare A=<rev> [B=<rev>] [M=<machine>]" >&2; exit 2; }
+	$(BIN)/python -m lossbench.compare $(A) $(B) $(if $(M),--machine $(M))
 
 IMAGE ?= lossbench
 
@@ -50,7 +53,7 @@ docker:  ## build the CUDA image (needs a Docker engine)
 	docker build -t $(IMAGE) .
 
 docker-repro:  ## run the pipeline in the image on all GPUs, results land here
-	docker run --rm --gpus all --user "$$(id -u):$$(id -g)" -e LOSSBENCH_REQUIRE_DEVICES \
+	docker run --rm --gpus all --user "$$(id -u):$$(id -g)" -e LOSSBENCH_REQUIRE_DEVICES -e LOSSBENCH_MACHINE \
 		-v "$(CURDIR)":/workspace $(IMAGE)
 
 docker-test:  ## build the image (docker, else podman) and run it on a fresh clone: the container's checks

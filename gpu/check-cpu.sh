@@ -27,7 +27,7 @@ bash gpu/pack.sh "$PYVER" 2> >(grep -v '^WARNING: Location' >&2)
 
 echo "gpu-check: gpu/run.sh, CPU form"
 rc=0
-OUT="$WORK/out" PYTHON="$WORK/host/bin/python" BENCH_TIMEOUT=300 REPRO_TIMEOUT=900 bash gpu/run.sh || rc=$?
+OUT="$WORK/out" LOSSBENCH_MACHINE=gpu PYTHON="$WORK/host/bin/python" BENCH_TIMEOUT=300 REPRO_TIMEOUT=900 bash gpu/run.sh || rc=$?
 mkdir "$WORK/back" && cat "$WORK"/out/gpu-run.tar.gz* | tar xz -C "$WORK/back"
 "$WORK/host/bin/python" - "$WORK/back" "$rc" <<'PYEOF'
 import json, sys
@@ -37,7 +37,7 @@ problems = []
 installed = (back / "gpu-log/install.txt").read_text()
 if "dvc-" not in installed:
     problems.append("the carried dvc wheel was not installed")
-summary = json.loads((back / "reports/summary.json").read_text())
+summary = json.loads((back / "results/gpu/report/summary.json").read_text())
 configs = summary["configs"]
 for name, c in configs.items():
     if name.endswith("-cuda"):

@@ -68,8 +68,10 @@ print('numpy', numpy.__version__)"
 cat "$LOG/host.txt"
 python -m lossbench.gpu 2>&1 | tee "$LOG/gpu-diagnosis.txt"
 
-phase "dvc repro: the fp32 defaults on every device of params.yaml, then the report"
-timeout "${REPRO_TIMEOUT:-240}" dvc repro > "$LOG/repro.txt" 2>&1
+# the GPU host is a machine of its own: its results land in results/$LOSSBENCH_MACHINE/
+export LOSSBENCH_MACHINE=${LOSSBENCH_MACHINE:-gpu}
+phase "make repro: the fp32 defaults on every device of params.yaml, the report, the overview (machine $LOSSBENCH_MACHINE)"
+timeout "${REPRO_TIMEOUT:-240}" python -m lossbench.workflow repro > "$LOG/repro.txt" 2>&1
 REPRO_RC=$?
 echo "exit $REPRO_RC" >> "$LOG/repro.txt"; grep -vE 'it/s|s/it' "$LOG/repro.txt" | tail -4
 
@@ -84,7 +86,7 @@ echo "exit $BENCH_RC" >> "$LOG/bench.txt"; cat "$LOG/bench.txt"
 phase "pack"
 # one archive; in parts of 15 MiB where it is larger (the device tool returns 8 files of at most 16 MiB):
 # cat gpu-run.tar.gz.* | tar xz
-tar czf "$OUT/gpu-run.tar.gz" gpu-log reports dvc.lock data/runs data/cost data/check 2>/dev/null
+tar czf "$OUT/gpu-run.tar.gz" gpu-log reports "results/$LOSSBENCH_MACHINE" 2>/dev/null
 if [ "$(stat -c %s "$OUT/gpu-run.tar.gz")" -gt $((15 * 1048576)) ]; then
     split -b 15M -d "$OUT/gpu-run.tar.gz" "$OUT/gpu-run.tar.gz." && rm "$OUT/gpu-run.tar.gz"
 fi

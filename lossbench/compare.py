@@ -1,7 +1,8 @@
 """`make compare A=<rev> [B=<rev>]`: what changed between two revisions' reports.
 
-Reads ``reports/summary.json`` and the per-step plot data as committed at A and
-at B (default: the workspace). Prints, per configuration, one line on its
+Reads one machine's report (``results/<machine>/report/``: summary.json and the
+per-step plot data; ``reports/`` at revisions from before machines had folders) as
+committed at A and at B (default: the workspace). Prints, per configuration, one line on its
 trajectory (bitwise equal at A and B, or the max |diff| and the first step that
 differs), then a table: verdicts, max |diff|, timed step with its interval and
 its B/A ratio, and the platform on each side. Exits 1 when B's report fails at
@@ -25,10 +26,13 @@ import pandas as pd
 from lossbench.config import load_params
 from lossbench.configuration import Configuration
 from lossbench.errors import UserError, run
+from lossbench import machines
 
-SUMMARY = "reports/summary.json"
-METRICS = "reports/metrics.json"  # what revisions before summary.json hold
-LOSS_PLOT = "reports/plots/loss/{device}.csv"
+REPORT = "results/{machine}/report"
+LEGACY = "reports"  # where revisions before results/<machine>/ kept the one report
+SUMMARY = "summary.json"
+METRICS = "metrics.json"  # what revisions before summary.json hold
+LOSS_PLOT = "plots/loss/{device}.csv"
 
 
 class CompareError(UserError):
@@ -44,19 +48,20 @@ def read_file(rev, name, repo="."):
     return out.stdout if out.returncode == 0 else None
 
 
-def read_summary(rev, repo="."):
-    """Every row of a revision's report: summary.json, or metrics.json where a revision predates it."""
-    for name in (SUMMARY, METRICS):
-        text = read_file(rev, name, repo)
-        if text is not None:
-            return json.loads(text)
+def read_summary(rev, machine, repo="."):
+    """A revision's report of ``machine``: (its folder, every row: summary.json, or metrics.json where older)."""
+    for folder in (REPORT.format(machine=machine), LEGACY):
+        for name in (SUMMARY, METRICS):
+            text = read_file(rev, f"{folder}/{name}", repo)
+            if text is not None:
+                return folder, json.loads(text)
     where = "in the workspace (run `make repro` first)" if rev is None else f"at revision {rev!r}"
-    raise CompareError(f"{SUMMARY}: not found {where}")
+    raise CompareError(f"{REPORT.format(machine=machine)}/{SUMMARY}: not found {where}")
 
 
-def read_losses(rev, device, repo="."):
+def read_losses(rev, folder, device, repo="."):
     """Every configuration's per-step loss on ``device`` (the report's plot data), or None."""
-    text = read_file(rev, LOSS_PLOT.format(device=device), repo)
+    text = read_file(rev, f"{folder}/{LOSS_PLOT.format(device=device)}", repo)
     return None if text is None else pd.read_csv(io.StringIO(text), index_col="global_step")
 
 
@@ -74,10 +79,10 @@ def trajectory_line(name, a, b):
             f"first different at global step {a.index[int(changed[0])]} ({changed.size} of {len(a)} steps differ)")
 
 
-def trajectories(a, b, rev_a, rev_b, repo="."):
+def trajectories(a, b, rev_a, rev_b, folders, repo="."):
     lines = []
     for device in sorted({c["device"] for c in [*a["configs"].values(), *b["configs"].values()]}):
-        ta, tb = read_losses(rev_a, device, repo), read_losses(rev_b, device, repo)
+        ta, tb = read_losses(rev_a, folders[0], device, repo), read_losses(rev_b, folders[1], device, repo)
         for loss in sorted(set(ta.columns if ta is not None else []) | set(tb.columns if tb is not None else [])):
             col = {k: t[loss] if t is not None and loss in t else None for k, t in (("a", ta), ("b", tb))}
             lines.append(trajectory_line(Configuration(loss, device).key, col["a"], col["b"]))
@@ -169,6 +174,7 @@ def main(argv=None):
     p.add_argument("b", nargs="?", help="revision to compare with A (default: the workspace)")
     p.add_argument("--params", default="params.yaml", help="where compare.cost_factor is read")
     p.add_argument("--factor", type=float, help="override compare.cost_factor")
+    p.add_argument("--machine", help="whose report (default: this machine, LOSSBENCH_MACHINE or local)")
     p.add_argument("--repo", default=".")
     args = p.parse_args(argv)
     run(lambda: compare(args), "compare")
@@ -176,11 +182,12 @@ def main(argv=None):
 
 def compare(args):
     factor = args.factor or load_params(Path(args.repo) / args.params).compare.cost_factor
-    a, b = read_summary(args.a, args.repo), read_summary(args.b, args.repo)
+    machine = args.machine or machines.name()
+    (fa, a), (fb, b) = read_summary(args.a, machine, args.repo), read_summary(args.b, machine, args.repo)
     tables, problems = diff(a, b, factor)
-    print(f"A = {args.a}, B = {args.b or 'workspace'}; cost factor {factor:g}")
+    print(f"A = {args.a} ({fa}), B = {args.b or 'workspace'} ({fb}); cost factor {factor:g}")
     print("\nDid the trajectories change?")
-    print("\n".join(trajectories(a, b, args.a, args.b, args.repo)))
+    print("\n".join(trajectories(a, b, args.a, args.b, (fa, fb), args.repo)))
     for name, table in tables.items():
         print(f"\n{name}\n{table.to_markdown()}")
     for line in not_run_lines(a, b):

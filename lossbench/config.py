@@ -6,9 +6,6 @@ out-of-range values fail with the file, the dotted key, the value and what was
 expected.
 """
 
-import os
-import re
-import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,41 +14,19 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from lossbench.errors import UserError, run
+from lossbench.errors import UserError, run, shown
 from lossbench.registry import REGISTRY, USER_LOSS
 
-# A device is a torch device kind, optionally owned by one machine: ``cpu``, ``cuda``,
-# ``cuda-h100`` (runs only where LOSSBENCH_MACHINE=h100). The label lets one report hold the
-# same kind from several machines (the CPU laptop, the A100 box, the H100 node).
-KINDS = ("cpu", "cuda")
-DEVICE = re.compile(rf"^({'|'.join(KINDS)})(?:-([a-z0-9_]+))?$")
-MACHINE = "LOSSBENCH_MACHINE"
-
-
-def kind(device):
-    """The torch device kind of a device name: ``cuda-h100`` -> ``cuda``."""
-    return device.split("-", 1)[0]
-
-
-def owner(device):
-    """The machine a labelled device belongs to (``cuda-h100`` -> ``h100``), None for a plain kind."""
-    return device.split("-", 1)[1] if "-" in device else None
-
-
-def machine():
-    """This machine's name for device labels: $LOSSBENCH_MACHINE, None when unset."""
-    return os.environ.get(MACHINE) or None
-
-
-def host_name():
-    """Who ran it, for the report: this machine's label and its host name (neither is a dependency)."""
-    return {"machine": machine(), "name": socket.gethostname()}
+# A device is a torch device kind. Which machine ran it is not part of its name: each machine's
+# results live in its own directory, results/<machine>/ (lossbench.machines).
+DEVICES = ("cpu", "cuda")
 
 
 def _device(v):
-    if not isinstance(v, str) or not DEVICE.match(v):
-        raise ValueError(f"expected {' or '.join(map(repr, KINDS))}, optionally with a machine label "
-                         "as in 'cuda-h100' (lower case letters, digits, _)")
+    if v not in DEVICES:
+        hint = ("; a machine is named by LOSSBENCH_MACHINE now, not in the device (README: Many machines)"
+                if isinstance(v, str) and v.startswith(tuple(f"{d}-" for d in DEVICES)) else "")
+        raise ValueError(f"expected {' or '.join(map(repr, DEVICES))}{hint}")
     return v
 
 
@@ -231,14 +206,14 @@ def parse_params(data, source="params.yaml"):
 
 
 def load_params(path="params.yaml"):
-    path = Path(path)
+    path, name = Path(path), shown(path)  # stages run in results/<machine>/: ../../params.yaml is params.yaml
     try:
         data = YAML(typ="safe").load(path.read_text())
     except FileNotFoundError:
-        raise ParamsError(f"{path}: file not found") from None
+        raise ParamsError(f"{name}: file not found") from None
     except YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-    return parse_params(data, source=str(path))
+        raise ParamsError(f"{name}: not valid YAML ({' '.join(str(e).split())})") from None
+    return parse_params(data, source=name)
 
 
 def main(argv=None):

@@ -1,8 +1,9 @@
 """A configuration: what one train stage runs, as one typed, torch-free record.
 
 Its key is the one name the rest derives from: the DVC stage ``train@<key>``, the run directory
-``data/runs/<key>``, the metrics and plot keys, and the report's labels. Nothing parses a key back
-into its parts: code that needs the loss or the device reads the record's fields.
+``results/<machine>/runs/<key>``, the metrics and plot keys, and the report's labels. Nothing parses
+a key back into its parts: code that needs the loss or the device reads the record's fields. The
+machine is not part of the key: it is the folder the whole matrix runs in (lossbench.machines).
 """
 
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ DEFAULT_MODE = "eager"  # the only mode yet (torch.compile next)
 @dataclass(frozen=True)
 class Configuration:
     loss: str  # a name of train.losses
-    device: str  # a train.devices entry as written: cpu, cuda, or with its machine's label (cuda-h100)
+    device: str  # a train.devices entry: cpu or cuda
     precision: str = DEFAULT_PRECISION
     mode: str = DEFAULT_MODE
 

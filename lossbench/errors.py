@@ -5,6 +5,10 @@ import sys
 import traceback
 from pathlib import Path
 
+# The project: the folder holding lossbench/ and the users' losses/. Stages run in results/<machine>/,
+# so the working directory is not it; a user's loss file is named (and digested) from here.
+ROOT = Path(__file__).resolve().parent.parent
+
 DEBUG = "LOSSBENCH_DEBUG"
 
 
@@ -25,6 +29,14 @@ def run(main, prog):
         sys.exit(e.exit_code)
 
 
+def shown(path):
+    """A path as a message names it: from the working directory or else the project (stages run in
+    results/<machine>/, where ../../params.yaml is the project's params.yaml), else as it is."""
+    p = Path(path).resolve()
+    base = next((b for b in (Path.cwd().resolve(), ROOT) if p.is_relative_to(b)), None)
+    return str(p.relative_to(base)) if base else str(path)
+
+
 def debugging():
     return os.environ.get(DEBUG) == "1"
 
@@ -33,17 +45,15 @@ def raised(e):
     """``ValueError: message (at losses/mine.py:17)``: the exception and the user's line that raised it.
 
     The line is the innermost frame outside torch, NumPy and lossbench itself, relative to the
-    working directory when it lies inside it.
+    working directory or else to the project (stages run in results/<machine>/) when it lies in one.
     """
-    here = Path.cwd().resolve()
+    lib = Path(__file__).resolve().parent
 
     def at(filename, lineno):
-        path = Path(filename).resolve()
-        return f" (at {path.relative_to(here) if path.is_relative_to(here) else path}:{lineno})"
+        return f" (at {shown(filename)}:{lineno})"
 
     if isinstance(e, SyntaxError) and e.filename:  # raised while compiling: no frame of the user's file
         return f"{type(e).__name__}: {e.msg}{at(e.filename, e.lineno)}"
-    lib = Path(__file__).resolve().parent
     frames = [f for f in traceback.extract_tb(e.__traceback__)
               if "site-packages" not in f.filename and not Path(f.filename).resolve().is_relative_to(lib)]
     where = at(frames[-1].filename, frames[-1].lineno) if frames else ""

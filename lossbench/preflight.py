@@ -16,7 +16,7 @@ import torch
 
 from lossbench import problems, task
 from lossbench.engine import RunError, Trainer
-from lossbench.errors import debugging, raised
+from lossbench.errors import ROOT, debugging, raised
 from lossbench.registry import REGISTRY
 
 
@@ -69,7 +69,7 @@ def _local(path, root):
     return p.is_relative_to(root) and "site-packages" not in p.parts
 
 
-def source(fn, root="."):
+def source(fn, root=ROOT):
     """Where a loss's code lives: the repository files it comes from (with digests), or its package's version."""
     if fn in REGISTRY:
         return {"registered": "lossbench/losses.py"}

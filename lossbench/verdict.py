@@ -43,9 +43,9 @@ class Run:
 
 def load_run(run_dir, loss, device):
     run_dir = Path(run_dir)
-    if not (run_dir / "run.json").is_file():  # never run here, nor pulled from the machine that ran it
+    if not (run_dir / "run.json").is_file():  # a machine that committed its lock but not pushed its outputs
         return Run(loss, device, {"status": "missing", "reason": f"no result: {run_dir}/run.json is not here "
-                                  "(its stage did not run here; if another machine ran it: `make pull`)"})
+                                  "(`make repro` on its machine; from another machine: `make pull`)"})
     info = read_json(run_dir / "run.json")
     if info.get("status") != "ran":
         return Run(loss, device, info)
@@ -117,7 +117,7 @@ def platform_summary(p, host=None):
 
 
 def machine_label(host):
-    """``h100 (node7)``: the LOSSBENCH_MACHINE label and the host name that ran it."""
+    """``h100 (node7)``: the machine's name (LOSSBENCH_MACHINE) and the host name that ran it."""
     if not host:
         return None
     return f"{host['machine']} ({host['name']})" if host.get("machine") else host.get("name")
@@ -133,8 +133,8 @@ def mixed_platforms(device, ran):
             what = ", ".join(sorted(k for k in set(p) | set(q) if p.get(k) != q.get(k)))
             return (f"{device}: platforms differ for one device: {first.name} ran on "
                     f"{machine_label(first.info.get('host'))}, {other.name} on {machine_label(other.info.get('host'))} "
-                    f"({what} differ): re-run the device's configurations on one machine (`dvc repro -f --glob "
-                    f"'train@*-{device}'` there), or give each machine its own device name (e.g. {device}-<machine>)")
+                    f"({what} differ): two hosts share one machine name; give each its own LOSSBENCH_MACHINE, or "
+                    f"re-run this device here (`dvc repro -f --glob 'results/<machine>/dvc.yaml:train@*-{device}'`)")
     return None
 
 

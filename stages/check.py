@@ -3,16 +3,12 @@
 Validates params.yaml (YAML 1.2, as DVC reads it), imports every loss and
 reference, applies LOSSBENCH_REQUIRE_DEVICES, and runs each loss once on a small
 batch on the device. Then writes, per loss, ``<out>/<device>/<loss>.json``: the
-loss (fn, args, where its code lives, with digests), the device's availability
-and the device's platform (lossbench.platform.for_device). Each train stage
+loss (fn, args, where its code lives, with digests), the device's availability,
+the machine's name and the device's platform (lossbench.platform.for_device). Each train stage
 depends on its own file alone, so it re-runs exactly when its loss's code, its
-device or that device's platform changed, and never because another device's
-machine did. Nothing is written unless every check passed.
-
-A device this machine does not run (a GPU it lacks, or a device labelled for
-another machine) keeps the results another machine pushed: where
-``<runs>/<loss>-<device>/run.json`` ran with the loss's current code, the file
-is what that machine's check wrote, so DVC sees nothing to re-run.
+device or that device's platform changed (a new torch, another CPU). Nothing is written unless every check
+passed. In a machine's directory (``--machine-dir``) it first refuses to run for
+another machine than this one.
 """
 
 import argparse
@@ -20,11 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-from lossbench import gpu, platform
-from lossbench.config import kind, load_params, machine, owner
+from lossbench import gpu, machines, platform
+from lossbench.config import load_params
 from lossbench.configuration import Configuration
-from lossbench.errors import UserError, run
-from lossbench.io import read_json, write_json
+from lossbench.errors import UserError, run, shown
+from lossbench.io import write_json
 from lossbench.losses import resolve
 from lossbench.preflight import check, source
 
@@ -35,39 +31,26 @@ class DeviceRequired(UserError):
 
 def key(params_path, params, name, fn):
     """Where a loss is named in params, and its fn unless the name is the fn itself (package.module:attr)."""
-    where = f"{params_path}: losses.{name}" if name in params.losses else f"{params_path}: train.losses: {name!r}"
+    where = f"{shown(params_path)}: losses.{name}" if name in params.losses else \
+        f"{shown(params_path)}: train.losses: {name!r}"
     return where if fn == name else f"{where} ({fn})"
 
 
-def elsewhere(record, runs, reason):
-    """The record another machine wrote for this configuration, if its run is here and current; else not run."""
-    path = Configuration(record["loss"], record["device"]).run_dir(runs) / "run.json"
-    ran = read_json(path) if path.is_file() else {}
-    if ran.get("status") == "ran" and ran.get("loss_source") == record["source"]:
-        return {**record, "available": True, "reason": None, "platform": ran["platform"]}, None
-    why = reason
-    if ran.get("status") == "ran":
-        why = (f"{reason}; its result from {ran.get('host', {}).get('name', 'another machine')} is stale "
-               "(the loss's code changed since): re-run it there")
-    elif owner(record["device"]) is not None:  # meant to come from its machine: say how
-        why = f"{reason}; no result of it is here: `make push` on that machine, then `make pull` here"
-    return {**record, "available": False, "reason": why}, why
-
-
-def main_check(params_path, devices, out, runs):
+def main_check(params_path, devices, out):
     t0 = time.perf_counter()
     params = load_params(params_path)
     devices = devices or params.train.devices
     unknown = sorted(set(devices) - set(params.train.devices))
     if unknown:
-        raise UserError(f"{params_path}: train.devices: {unknown[0]!r} (--device) is not in {params.train.devices}")
+        raise UserError(f"{shown(params_path)}: train.devices: {unknown[0]!r} (--device) is not in {params.train.devices}")
+    machine = machines.name()
     host = platform.collect()
-    reasons = {d: platform.why_not_here(d, host) for d in devices}
-    required = [d for d in devices if reasons[d] is not None and owner(d) in (None, machine())]
+    reasons = {d: gpu.reason_for(d, host) for d in devices}
+    required = [d for d in devices if reasons[d] is not None]
     if required and gpu.devices_required():
-        raise DeviceRequired(f"{params_path}: train.devices: {required[0]!r} cannot run here and "
+        raise DeviceRequired(f"{shown(params_path)}: train.devices: {required[0]!r} cannot run here and "
                              f"{gpu.REQUIRE_DEVICES}=1: {reasons[required[0]]}")
-    records, notes = {}, []
+    records = {}
     for name, j in params.plan().items():
         try:
             spec = resolve(name, j.fn, j.args)
@@ -76,24 +59,20 @@ def main_check(params_path, devices, out, runs):
         loss = {"loss": name, "fn": j.fn, "args": j.args, "source": source(j.fn)}
         for device in devices:
             config = Configuration(name, device)
-            record = {**loss, "config": config.key, "device": device, "available": reasons[device] is None,
-                      "reason": reasons[device], "platform": platform.for_device(host, device)}
+            # the machine's name too: DVC's run-cache is keyed by a stage's deps, and two machines of one
+            # platform would otherwise take each other's runs (and timings) as their own
+            record = {**loss, "config": config.key, "device": device, "machine": machine,
+                      "available": reasons[device] is None, "reason": reasons[device],
+                      "platform": platform.for_device(host, device)}
             if reasons[device] is None:
-                problem = check(spec, kind(device))
+                problem = check(spec, device)
                 if problem:
                     raise UserError(f"{key(params_path, params, name, j.fn)} on {device}: {problem.message}")
-                notes.append(platform.replaced(config.run_dir(runs) / "run.json", record["platform"]))
-            else:
-                record, why = elsewhere(record, runs, reasons[device])
-                notes.append(why and f"{device} configurations will be reported as not run: {why}")
             records[(device, name)] = record
-    kept = sorted({d for (d, _), r in records.items() if r["available"] and reasons[d] is not None})
     for (device, name), record in records.items():
         write_json(Path(out) / device / f"{name}.json", record)
-    for note in dict.fromkeys(n for n in notes if n):
-        print(f"check: {note}", file=sys.stderr)
-    for device in kept:
-        print(f"check: {device}: not run here; the results its machine pushed are kept", file=sys.stderr)
+    for device in (d for d in devices if reasons[d] is not None):
+        print(f"check: {device}: its configurations will be reported as not run: {reasons[device]}", file=sys.stderr)
     here = [d for d in devices if reasons[d] is None]
     print(f"check: {len(params.plan())} losses ok"
           + (f", run on {', '.join(here)}" if here else ", imported (none of them runs here)")
@@ -104,10 +83,16 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--device", action="append", help="a device of train.devices (repeatable; default: all)")
+    p.add_argument("--machine-dir", help="results/<machine>/ this runs in: refuse unless it is this machine's")
     p.add_argument("--out", required=True, help="folder for <device>/<loss>.json")
-    p.add_argument("--runs", default="data/runs", help="the train stages' results, kept for devices run elsewhere")
     args = p.parse_args(argv)
-    run(lambda: main_check(args.params, args.device, args.out, args.runs), "check")
+
+    def stage():
+        if args.machine_dir is not None:
+            machines.refuse_foreign(args.machine_dir)
+        main_check(args.params, args.device, args.out)
+
+    run(stage, "check")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,12 @@ interval. A device that cannot run here gets a file that says so.
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-from lossbench.config import host_name, kind, load_params
+from lossbench.config import load_params
 from lossbench.errors import run
+from lossbench.machines import host_name
 from lossbench.io import read_json, write_json
 
 
@@ -24,23 +24,18 @@ def cost_stage(device, params_path, root, check_dir, out):
     if absent:  # before importing torch (~3 s): nothing to time on this host
         write_json(out, {**record, "status": "unavailable", "reason": absent[0]["reason"]})
         return
-    from lossbench import determinism, platform, task
+    from lossbench import determinism, task
     from lossbench.losses import resolve
     from lossbench.timing import interleaved
 
     flags = determinism.set_determinism()  # before anything touches CUDA
-    why = platform.not_mine(device, first["platform"])
-    if why:  # another machine's device: its timings are never taken here (`make push` never commits this)
-        write_json(out, {**record, "status": "unavailable", "reason": why})
-        print(f"cost: {device}: not timed: {why}", file=sys.stderr)
-        return
     params = load_params(params_path)
     train, cost = params.train, params.cost
     record |= {"params": cost.model_dump(), "determinism": flags}
     specs = {loss: resolve(loss, checks[loss]["fn"], checks[loss]["args"]) for loss in train.losses}
-    batches, _ = task.batches(train.loader, root, kind(device), train.batch_size)
+    batches, _ = task.batches(train.loader, root, device, train.batch_size)
     t0 = time.perf_counter()
-    losses = interleaved(specs, batches, kind(device), train.lr, train.seed, cost.rounds, cost.steps,
+    losses = interleaved(specs, batches, device, train.lr, train.seed, cost.rounds, cost.steps,
                          cost.warmup_steps)
     loop = time.perf_counter() - t0  # warm-up included: `make bench` weighs the pipeline against its loops
     write_json(out, {**record, "status": "ran", "loop_seconds": loop, "losses": losses})

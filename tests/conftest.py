@@ -105,4 +105,4 @@ def copy_tree(src, dst, names):
     for name in names:
         target = Path(dst) / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(Path(src) / name, target)
+        shutil.copy2(Path(src) / name, target, follow_symlinks=False)  # results/<machine>/dvc.yaml stays a link

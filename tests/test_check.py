@@ -47,7 +47,7 @@ def test_writes_one_file_per_configuration_with_loss_source_and_platform(tmp_pat
     ({"losses": ["torch_mse", "lossbench.losses:nope"]}, 2,
      "check: {p}: train.losses: 'lossbench.losses:nope': module 'lossbench.losses' "
      "has no attribute 'nope'"),
-    ({"devices": ["cpu", "tpu"]}, 2, "check: {p}: train.devices.1: expected 'cpu' or 'cuda', optionally with a machine label as in 'cuda-h100' (lower case letters, digits, _) (got 'tpu')"),
+    ({"devices": ["cpu", "tpu"]}, 2, "check: {p}: train.devices.1: expected 'cpu' or 'cuda' (got 'tpu')"),
     ({"lr": "fast"}, 2, "check: {p}: train.lr: Input should be a valid number (got 'fast')"),
     ({"losses": ["torch_mse", "numpy_l1"]}, 2,
      "check: {p}: train.losses: 'numpy_l1' is compared with 'torch_l1' (losses.numpy_l1.reference), which is not "
@@ -90,38 +90,32 @@ def test_runs_as_a_module(tmp_path):
     assert "check: 6 losses ok, run on cpu (" in out.stderr
 
 
-def run_json(runs, config, **info):
-    (runs / config).mkdir(parents=True, exist_ok=True)
-    (runs / config / "run.json").write_text(json.dumps({"config": config, **info}))
-
-
-def test_another_machines_device_keeps_its_current_results_and_drops_stale_ones(tmp_path, monkeypatch):
+def test_another_machines_directory_is_refused_in_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LOSSBENCH_MACHINE", "laptop")
-    params = small_params(tmp_path / "params.yaml", losses=["torch_mse", "numpy_mse"], devices=["cpu", "cpu-h100"])
-    runs = tmp_path / "runs"
-    theirs = {"cpu": "their CPU", "device": "cpu-h100"}
-    run_json(runs, "torch_mse-cpu-h100", status="ran", platform=theirs, host={"machine": "h100", "name": "n7"},
-             loss_source={"registered": "lossbench/losses.py"})
-    run_json(runs, "numpy_mse-cpu-h100", status="ran", platform=theirs, host={"machine": "h100", "name": "n7"},
-             loss_source={"files": {"somewhere/old.py": "0" * 64}})
-    check.main(["--params", str(params), "--device", "cpu-h100", "--out", str(tmp_path / "check"),
-                "--runs", str(runs)])
-    kept = json.loads((tmp_path / "check" / "cpu-h100" / "torch_mse.json").read_text())
-    assert kept["available"] is True and kept["platform"] == theirs  # what that machine wrote: nothing re-runs
-    stale = json.loads((tmp_path / "check" / "cpu-h100" / "numpy_mse.json").read_text())
-    assert stale["available"] is False and stale["reason"] == (
-        "cpu-h100 runs on machine 'h100' (LOSSBENCH_MACHINE=h100 there); this machine is 'laptop'; its result from "
-        "n7 is stale (the loss's code changed since): re-run it there")
-    assert not (tmp_path / "check" / "cpu").exists()  # one device per stage
+    params = small_params(tmp_path / "params.yaml", losses=["torch_mse"], devices=["cpu"])
+    theirs = tmp_path / "results" / "h100"
+    theirs.mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        check.main(["--params", str(params), "--machine-dir", str(theirs), "--out", str(theirs / "check")])
+    assert e.value.code == 2 and not (theirs / "check").exists()
+    assert capsys.readouterr().err == (
+        "check: results/h100/ is machine 'h100''s pipeline and this machine is 'laptop' (LOSSBENCH_MACHINE): "
+        "`make repro` runs this machine's pipeline and the overview; a plain `dvc repro` runs every machine's\n")
+    mine = tmp_path / "results" / "laptop"
+    check.main(["--params", str(params), "--machine-dir", str(mine), "--out", str(mine / "check")])
+    assert (mine / "check" / "cpu" / "torch_mse.json").is_file()
 
 
-def test_results_from_another_platform_are_named_before_they_are_replaced(tmp_path, capsys):
+def test_the_check_file_holds_this_hosts_platform_so_a_new_platform_retrains(tmp_path, monkeypatch):
     from lossbench import platform
 
-    params = small_params(tmp_path / "params.yaml", losses=["torch_mse"], devices=["cpu"])
-    now = platform.for_device(platform.collect(), "cpu")
-    run_json(tmp_path / "runs", "torch_mse-cpu", status="ran", platform={**now, "cpu": "Old CPU"},
-             host={"machine": None, "name": "oldbox"})
-    check.main(["--params", str(params), "--out", str(tmp_path / "check"), "--runs", str(tmp_path / "runs")])
-    assert ("check: torch_mse-cpu: its results came from oldbox, a different platform (cpu differ): they are re-run "
-            "here and replaced") in capsys.readouterr().err
+    monkeypatch.delenv("LOSSBENCH_MACHINE", raising=False)
+
+    params = small_params(tmp_path / "params.yaml", losses=["torch_mse"], devices=["cpu", "cuda"])
+    check.main(["--params", str(params), "--out", str(tmp_path / "check")])
+    host = platform.collect()
+    for device in ("cpu", "cuda"):
+        record = json.loads((tmp_path / "check" / device / "torch_mse.json").read_text())
+        assert record["platform"] == platform.for_device(host, device) and record["machine"] == "local"
+    # a CPU device's file leaves the GPU part out: a driver update does not re-train CPU configurations
+    assert "cuda" not in json.loads((tmp_path / "check" / "cpu" / "torch_mse.json").read_text())["platform"]

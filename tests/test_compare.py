@@ -1,6 +1,7 @@
 """`make compare` on real commits in a temporary clone."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ def git(repo, *args):
 
 @pytest.fixture
 def repo(tmp_path):
-    """A clone of this repository with two extra commits of reports/metrics.json."""
+    """A clone of this repository with its reports committed by each test."""
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     # the code under test is the working tree's, committed or not
@@ -50,13 +51,16 @@ def repo(tmp_path):
 LOSSES = "global_step,torch_mse,numpy_mse\n1,0.25,0.25\n2,0.2,0.2\n3,0.15,0.15\n4,0.1,0.1\n"
 
 
-def commit_metrics(repo, summary, msg, losses=LOSSES):
+REPORT = Path("results", "local", "report")  # the report of the machine that has no name
+
+
+def commit_metrics(repo, summary, msg, losses=LOSSES, folder=REPORT):
     """Commit a report's summary.json and its per-step loss data on the CPU; returns the commit."""
     for name, text in (("summary.json", json.dumps(summary)), ("plots/loss/cpu.csv", losses)):
-        path = repo / "reports" / name
+        path = repo / folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    git(repo, "add", "reports")
+    git(repo, "add", str(folder))
     git(repo, "commit", "-qm", msg)
     return git(repo, "rev-parse", "HEAD")
 
@@ -72,7 +76,8 @@ def run_make(repo, a, b=None):
     cmd = ["make", "-s", "compare", f"A={a}"] + ([f"B={b}"] if b else [])
     # the clone has no .venv of its own: use the one running these tests, as installed
     cmd += [f"BIN={Path(sys.executable).parent}", "STAMP="]
-    return subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "LOSSBENCH_MACHINE"}
+    return subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env)
 
 
 def test_identical_commits_exit_zero(repo):
@@ -163,7 +168,7 @@ def test_changed_reference_fails_and_says_so(repo):
 
 def test_workspace_is_the_default_b(repo):
     a = commit_metrics(repo, BASE, "a")
-    (repo / "reports" / "summary.json").write_text(
+    (repo / REPORT / "summary.json").write_text(
         json.dumps(changed(**{"torch_mse-cpu": {"cost_step_ms": [2.0, 1.9, 2.1]}})))
     out = run_make(repo, a)
     assert out.returncode == 0 and "B = workspace" in out.stdout and "0.40 (faster beyond 2x)" in out.stdout
@@ -180,12 +185,26 @@ def test_cost_across_platforms_is_labelled_not_failed():
 
 
 def test_unknown_revision_is_a_clear_error(repo):
-    with pytest.raises(compare.CompareError, match=r"reports/summary.json: not found at revision 'no-such-rev'"):
-        compare.read_summary("no-such-rev", repo)
+    with pytest.raises(compare.CompareError,
+                       match=r"results/local/report/summary.json: not found at revision 'no-such-rev'"):
+        compare.read_summary("no-such-rev", "local", repo)
+
+
+def test_a_report_from_before_machine_folders_compares_with_one_after(repo):
+    a = commit_metrics(repo, BASE, "one report, reports/", folder=Path("reports"))
+    git(repo, "rm", "-rq", "reports")
+    b = commit_metrics(repo, BASE, "the machine's report, results/local/report/")
+    out = run_make(repo, a, b)
+    assert out.returncode == 0, out.stderr
+    assert f"A = {a} (reports), B = {b} (results/local/report)" in out.stdout
+    assert "numpy_mse-cpu: trajectory bitwise equal (4 steps)" in out.stdout
+    other = subprocess.run(
+        [sys.executable, "-m", "lossbench.compare", a, b, "--machine", "h100"], cwd=repo, capture_output=True, text=True)
+    assert other.returncode == 2 and "results/h100/report/summary.json: not found at revision" in other.stderr
 
 
 def test_committed_report_compares_with_itself():
     """The repository's own committed report is readable by compare."""
-    m = compare.read_summary("HEAD", ROOT)
+    _, m = compare.read_summary("HEAD", "local", ROOT)
     tables, problems = compare.diff(m, m, 1.5)
     assert problems == [] and "torch_mse-cpu" in tables

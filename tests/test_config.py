@@ -1,4 +1,5 @@
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
@@ -35,7 +36,7 @@ def test_repo_params_load():
 @pytest.mark.parametrize("key, value, message", [
     ("train.losses", ["torch_mse", "nope"], r"train.losses: unknown loss 'nope': expected a registered loss or "
                                             r"'package.module:attr', or a name defined under losses:"),
-    ("train.devices", ["cpu", "tpu"], r"train.devices.1: expected 'cpu' or 'cuda', optionally with a machine label as in 'cuda-h100' \(lower case letters, digits, _\) \(got 'tpu'\)"),
+    ("train.devices", ["cpu", "tpu"], r"train.devices.1: expected 'cpu' or 'cuda' \(got 'tpu'\)"),
     ("train.epochs", 0, r"train.epochs: Input should be greater than 0 \(got 0\)"),
     ("train.batch_size", -1, r"train.batch_size: Input should be greater than 0 \(got -1\)"),
     ("cost.rounds", 1, r"cost.rounds: Input should be greater than or equal to 2 \(got 1\)"),
@@ -46,9 +47,9 @@ def test_repo_params_load():
     ("train.epochs", ..., r"train.epochs: Field required"),
     ("train.epoch", 2, r"train.epoch: Extra inputs are not permitted"),
     ("train.losses", ["torch_mse", "torch_mse"], r"duplicate entries \['torch_mse'\]"),
-    ("train.devices", ["cpu", "cuda-H100"], r"train.devices.1: expected 'cpu' or 'cuda', optionally with a machine "
-                                            r"label .* \(got 'cuda-H100'\)"),
-    ("train.devices", ["cpu", "cuda-h100", "cpu-laptop_2"], None),  # kinds owned by machines
+    # a device label of before results/<machine>/ says where the machine is named now
+    ("train.devices", ["cpu", "cuda-h100"], r"train.devices.1: expected 'cpu' or 'cuda'; a machine is named by "
+                                            r"LOSSBENCH_MACHINE now, not in the device .* \(got 'cuda-h100'\)"),
     ("train.loader", "fast", r"train.loader: Input should be 'preloaded' or 'dataloader'"),
     ("report.reference", "numpy_mse_x", r"train.losses: 'functional_mse' is compared with 'numpy_mse_x' "
                                         r"\(report.reference\), which is not in train.losses"),
@@ -130,3 +131,22 @@ def test_validate_before_dvc_reads_the_file(tmp_path):
     out = subprocess.run([sys.executable, "-m", "lossbench.config", str(bad)], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr == f"params: {bad}: train.devices: Input should be a valid list (got 'cpu')\n"
+
+
+@pytest.mark.parametrize("value", ["H100", "my box", "../x", "-a"])
+def test_a_bad_machine_name_is_one_line(monkeypatch, value):
+    from lossbench import machines
+    from lossbench.errors import UserError
+
+    monkeypatch.setenv("LOSSBENCH_MACHINE", value)
+    with pytest.raises(UserError) as e:
+        machines.name()
+    assert str(e.value) == (f"LOSSBENCH_MACHINE={value!r}: expected lower-case letters, digits, _ or - "
+                            "(it names this machine's directory, results/<machine>/)")
+
+
+def test_an_unnamed_machine_is_local(monkeypatch):
+    from lossbench import machines
+
+    monkeypatch.delenv("LOSSBENCH_MACHINE", raising=False)
+    assert machines.name() == "local" and machines.directory("/p") == Path("/p/results/local")

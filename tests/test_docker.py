@@ -52,7 +52,7 @@ def test_runs_as_numeric_non_root_user_in_workspace(dockerfile):
 
 def test_entrypoint_and_cmd_are_json_form(dockerfile):
     assert instructions(dockerfile, "ENTRYPOINT") == ['["/opt/lossbench/entrypoint.sh"]']
-    assert instructions(dockerfile, "CMD") == ['["dvc", "repro"]']
+    assert instructions(dockerfile, "CMD") == ['["python", "-m", "lossbench.workflow", "repro"]']
 
 
 def test_installs_the_requirements_make_repro_installs(dockerfile):

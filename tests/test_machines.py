@@ -1,14 +1,14 @@
-"""Many machines, one report: three clones, one Git origin and one local-directory DVC remote.
+"""Many machines, one overview: clones of one Git origin sharing one local-directory DVC remote.
 
-Machine a runs device cpu-a and pushes; machine b pulls, reproduces without
-re-training anything a trained (DVC's own output says so), runs cpu-b and pushes;
-machine c pulls and its report covers both. The two "devices" are one CPU here,
-told apart as a user tells two machines apart: LOSSBENCH_MACHINE, which the
-device label names and the platform description records.
+Machines a and b run the same matrix (cpu, and cuda not run) into results/a/ and
+results/b/, each with its own dvc.lock; they push in both orders and every pull
+merges without a conflict. c only reads: `make pull`, then the overview. The
+machines are one CPU here, told apart as a user tells them apart: LOSSBENCH_MACHINE.
 """
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +17,17 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, copy_tree
-from tests.test_pipeline import ran, sh
+from tests.test_pipeline import sh
 
 pytestmark = pytest.mark.slow
 LOSSES = ["torch_mse", "numpy_mse"]
+WORKFLOW = "python -m lossbench.workflow"
+MINE = "def my_mse(input, target):\n    return ((input - target) ** 2).mean()\n"
+
+
+def ran(log):
+    """Every stage DVC ran, as DVC names it (results/<machine>/dvc.yaml:<stage>, or a stage of dvc.yaml)."""
+    return sorted(set(re.findall(r"Running stage '([^']+)'", log)))
 
 
 @pytest.fixture(scope="module")
@@ -30,26 +37,26 @@ def world(tmp_path_factory, mirror):
     seed = tmp / "seed"
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
-    keep = [f for f in files if (ROOT / f).is_file() and not f.startswith("reports/") and f != "dvc.lock"
-            and (not f.startswith("data/") or f.endswith(".gitignore"))]
-    copy_tree(ROOT, seed, keep)
+    # the project without any machine's results: a new project's first commit
+    keep = [f for f in files if (ROOT / f).is_file() and not f.startswith(("results/", "data/"))]
+    copy_tree(ROOT, seed, keep + ["data/.gitignore"])
     p = yaml.safe_load((seed / "params.yaml").read_text())
-    p["train"].update(losses=LOSSES, devices=["cpu-a", "cpu-b"], epochs=1, repeats=2, warmup_steps=1)
+    p["train"].update(losses=LOSSES, epochs=1, repeats=2, warmup_steps=1)
     p["cost"].update(rounds=3, steps=3, warmup_steps=1)
     (seed / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     env = machine_env(None, mirror)
     sh("git init -q -b main && git add -A && git commit -qm seed", seed, env)
-    sh(f"python -m lossbench.machines remote {tmp / 'remote'} && git commit -qam 'remote'", seed, env)
+    sh(f"{WORKFLOW} remote {tmp / 'remote'} && git commit -qam 'remote'", seed, env)
     sh(f"git clone -q --bare {seed} {tmp / 'origin.git'}", tmp, env)
     return tmp, mirror
 
 
-def machine_env(name, mirror):
+def machine_env(name, mirror, **extra):
     env = {**os.environ, "MNIST_MIRROR": str(mirror), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     for var in ("LOSSBENCH_REQUIRE_DEVICES", "LOSSBENCH_DEBUG", "LOSSBENCH_MACHINE"):
         env.pop(var, None)
-    return {**env, "LOSSBENCH_MACHINE": name} if name else env
+    return {**env, **({"LOSSBENCH_MACHINE": name} if name else {}), **extra}
 
 
 def clone(world, name):
@@ -58,117 +65,163 @@ def clone(world, name):
     return tmp / name, machine_env(name, mirror)
 
 
-def summary(root):
-    return json.loads((root / "reports" / "summary.json").read_text())
+def pull(root, env):
+    """`make pull`, asserting that Git merged without a conflict (it stops with one otherwise)."""
+    log = sh(f"{WORKFLOW} pull", root, env)
+    assert not (root / ".git" / "rebase-merge").exists() and "CONFLICT" not in log, log
+    return log
+
+
+def overview(root):
+    return json.loads((root / "reports" / "overview.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def machines(world):
-    """a runs and pushes; b pulls, runs and pushes; c pulls and reports. Their DVC logs, by machine."""
+    """a and b run; a pushes first, b's push is refused, b pulls and pushes; c pulls and reads. Logs by step."""
     logs = {}
-    a, env = clone(world, "a")
-    logs["a"] = sh("dvc repro", a, env)
-    logs["a-push"] = sh("python -m lossbench.machines push", a, env)
-    b, env = clone(world, "b")
-    logs["b-pull"] = sh("python -m lossbench.machines pull", b, env)
-    logs["b"] = sh("dvc repro", b, env)
-    logs["b-push"] = sh("python -m lossbench.machines push", b, env)
-    c, env = clone(world, "c")
-    logs["c-pull"] = sh("python -m lossbench.machines pull", c, env)
-    logs["c"] = sh("dvc repro", c, env)
+    a, env_a = clone(world, "a")
+    b, env_b = clone(world, "b")
+    logs["a"] = sh(f"{WORKFLOW} repro", a, env_a)
+    logs["b"] = sh(f"{WORKFLOW} repro", b, env_b)
+    logs["a-push"] = sh(f"{WORKFLOW} push", a, env_a)
+    logs["b-push-refused"] = sh(f"{WORKFLOW} push", b, env_b, ok=False)
+    logs["b-pull"] = pull(b, env_b)
+    logs["b-push"] = sh(f"{WORKFLOW} push", b, env_b)
+    c, env_c = clone(world, "c")
+    logs["c-pull"] = pull(c, env_c)
+    logs["c"] = sh(f"{WORKFLOW} overview", c, env_c)
     return {"a": a, "b": b, "c": c}, logs
 
 
-def test_a_trains_its_device_and_records_the_other_as_not_run(machines):
+def test_each_machine_runs_its_own_pipeline_only(machines):
     roots, logs = machines
-    assert ran(logs["a"]) == ["check@cpu-a", "check@cpu-b", "cost@cpu-a", "cost@cpu-b", "download", "report",
-                              "train@numpy_mse-cpu-a", "train@numpy_mse-cpu-b", "train@torch_mse-cpu-a",
-                              "train@torch_mse-cpu-b"]
-    run = json.loads((roots["a"] / "data" / "runs" / "numpy_mse-cpu-b" / "run.json").read_text())
-    assert run["status"] == "unavailable"
-    assert run["reason"].startswith("cpu-b runs on machine 'b' (LOSSBENCH_MACHINE=b there); this machine is 'a'; "
-                                    "no result of it is here: `make push` on that machine, then `make pull` here")
+    for m in ("a", "b"):
+        stages = [s for s in ran(logs[m]) if s != "download"]
+        assert stages and all(s.startswith(f"results/{m}/dvc.yaml:") for s in stages), stages
+        assert f"results/{m}/dvc.yaml:train@numpy_mse-cpu" in stages
+        assert "Use `dvc push`" not in logs[m]  # `make push` shares results; DVC's own hint is left out
+        assert f"lossbench: this machine's report: results/{m}/report/report.md" in logs[m]
+    lock = yaml.safe_load((roots["a"] / "results" / "a" / "dvc.lock").read_text())
+    assert "train@numpy_mse-cpu" in lock["stages"] and not (roots["a"] / "results" / "b").exists()
 
 
-def test_b_reproduces_without_retraining_what_a_trained(machines):
-    roots, logs = machines
-    trained = [s for s in ran(logs["b"]) if s.startswith(("train@", "cost@"))]
-    assert trained == ["cost@cpu-b", "train@numpy_mse-cpu-b", "train@torch_mse-cpu-b"]
-    for stage in ("train@torch_mse-cpu-a", "train@numpy_mse-cpu-a", "cost@cpu-a"):
-        assert f"Stage '{stage}' didn't change, skipping" in logs["b"]
-    assert "check: cpu-a: not run here; the results its machine pushed are kept" in logs["b"]
-
-
-def test_the_report_in_a_third_clone_covers_both_machines_and_retrains_nothing(machines):
-    roots, logs = machines
-    assert ran(logs["c"]) == ["check@cpu-a", "check@cpu-b"]  # b's report is already the report of everything
-    s = summary(roots["c"])
-    assert s["passed"] is True
-    assert {n: c["status"] for n, c in s["configs"].items()} == {
-        f"{l}-{d}": "ran" for l in LOSSES for d in ("cpu-a", "cpu-b")}
-    assert {n: c["machine"].split(" ")[0] for n, c in s["configs"].items()} == {
-        f"{l}-{d}": d[-1] for l in LOSSES for d in ("cpu-a", "cpu-b")}
-    md = (roots["c"] / "reports" / "report.md").read_text()
-    assert "- `cpu-a`: " in md and "; ran on a (" in md and "; ran on b (" in md
-    # the same loss on two machines is compared like any two devices
-    assert s["cross_device"]["numpy_mse:cpu-a-vs-cpu-b"]["passed"] is True
-
-
-def test_pushes_commit_the_lock_and_the_report(machines, world):
+def test_the_second_push_is_refused_in_one_line_and_the_pull_merges_cleanly(machines, world):
     roots, logs = machines
     tmp, _ = world
-    log = subprocess.run(["git", "log", "--format=%s", "main"], cwd=tmp / "origin.git", capture_output=True,
-                         text=True, check=True).stdout.splitlines()
-    assert log[:2] == ["lossbench results from b", "lossbench results from a"]
-    assert "pushed outputs and run-cache to" in logs["a-push"] and "dvc.lock and reports to origin/main" in logs["a-push"]
+    out = logs["b-push-refused"]
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "machines: git push to origin/main was refused (another machine pushed first?): `make pull`, then "
+        "`make push` (each machine commits only its own results/<machine>/: the pull merges cleanly)")
+    log = subprocess.run(["git", "log", "--format=@%s", "--name-only", "main"], cwd=tmp / "origin.git",
+                         capture_output=True, text=True, check=True).stdout
+    commits = [c.strip().split("\n") for c in log.split("@")[1:3]]  # the newest two: subject, then files
+    assert commits[0][0].startswith("lossbench results of machine b") and commits[1][0].startswith(
+        "lossbench results of machine a")
+    # each machine's commit holds its own directory and nothing else
+    for (subject, *files), m in zip(commits, "ba"):
+        assert files and all(f.startswith(f"results/{m}/") for f in files if f), (subject, files)
+    assert "results/a/ committed, pushed to origin/main" in logs["a-push"]
 
 
-def test_a_params_change_reruns_each_devices_stages_on_its_own_machine(machines, world):
-    """a changes the cost params: a re-times cpu-a, says cpu-b is not timed here, and leaves b's entry for b."""
+def test_a_reader_pulls_every_machine_and_its_overview_compares_them_without_training(machines):
+    roots, logs = machines
+    c = roots["c"]
+    assert ran(logs["c-pull"] + logs["c"]) == []  # nothing trains, nothing is re-checked
+    assert "machines: pulled from" in logs["c-pull"] and "missing" not in logs["c-pull"]
+    ov = overview(c)
+    assert ov["passed"] is True and ov["machines"] == ["a", "b"]
+    assert ov["across"]["numpy_mse-cpu:a-vs-b"]["passed"] is True
+    assert ov["across"]["numpy_mse-cpu:a-vs-b"]["bitwise_equal_steps"] == 235  # one host: the same bits
+    md = (c / "reports" / "overview.md").read_text()
+    # every machine's cost is there, with its verdict; no blank cell
+    row = next(line for line in md.splitlines() if line.startswith("| numpy_mse-cpu "))
+    assert row.count("equal, cost ") == 2, row
+    assert "- not run on a, cuda: " in md and "- not run on b, cuda: " in md
+    for m in ("a", "b"):  # the raw results came through DVC
+        assert (c / "results" / m / "runs" / "numpy_mse-cpu" / "steps.csv").is_file()
+
+
+def test_a_plain_dvc_repro_refuses_another_machines_pipeline_in_one_line(machines, world):
     roots, _ = machines
-    tmp, mirror = world
+    _, mirror = world
+    out = sh("dvc repro -P", roots["c"], machine_env("c", mirror), ok=False)
+    assert out.returncode != 0
+    assert re.search(r"check: results/(a|b)/ is machine '\1''s pipeline and this machine is 'c' \(LOSSBENCH_MACHINE\): "
+                     r"`make repro` runs this machine's pipeline and the overview", out.stderr), out.stderr
+    assert subprocess.run(["git", "status", "--porcelain", "--", "results"], cwd=roots["c"], capture_output=True,
+                          text=True).stdout == ""  # nothing of a's or b's was rewritten
+
+
+def test_uncommitted_loss_files_are_named_before_anything_is_pushed(machines, world):
+    """A new loss, trained on a: `make push` refuses until its file and params entry are committed; b then trains it."""
+    roots, _ = machines
+    _, mirror = world
     a, b = roots["a"], roots["b"]
     env_a, env_b = machine_env("a", mirror), machine_env("b", mirror)
-    sh("python -m lossbench.machines pull", a, env_a)
-    text = (a / "params.yaml").read_text()
-    (a / "params.yaml").write_text(text.replace("rounds: 3", "rounds: 4"))
-    sh("git commit -qam 'cost.rounds: 4'", a, env_a)
-    log = sh("dvc repro", a, env_a)
-    assert [s for s in ran(log) if s.startswith("cost@")] == ["cost@cpu-a", "cost@cpu-b"]
-    assert "cost: cpu-b: not timed: cpu-b runs on machine 'b'" in log
-    b_entry = yaml.safe_load((b / "dvc.lock").read_text())["stages"]["cost@cpu-b"]
-    sh("python -m lossbench.machines push", a, env_a)
-    assert yaml.safe_load((a / "dvc.lock").read_text())["stages"]["cost@cpu-b"] == b_entry  # b's to re-run
-    sh("python -m lossbench.machines pull", b, env_b)
-    log = sh("dvc repro", b, env_b)
-    assert [s for s in ran(log) if s.startswith(("cost@", "train@"))] == ["cost@cpu-b"]
-    cost = json.loads((b / "data" / "cost" / "cpu-b.json").read_text())
-    assert cost["status"] == "ran" and cost["params"]["rounds"] == 4
+    (a / "losses" / "mine.py").write_text(MINE)
+    p = yaml.safe_load((a / "params.yaml").read_text())
+    p["train"]["losses"].append("mine")
+    p["losses"]["mine"] = {"fn": "losses.mine:my_mse"}
+    (a / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    log = sh(f"{WORKFLOW} repro", a, env_a)
+    assert "results/a/dvc.yaml:train@mine-cpu" in ran(log)
+    out = sh(f"{WORKFLOW} push", a, env_a, ok=False)
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "machines: commit these first, the results depend on them: losses/mine.py, params.yaml")
+    sh("git add losses/mine.py params.yaml && git commit -qm 'my loss'", a, env_a)
+    pull(a, env_a)  # b pushed since: a's own uncommitted results/a/ ride through the rebase
+    sh(f"{WORKFLOW} push", a, env_a)
+    pull(b, env_b)
+    log = sh(f"{WORKFLOW} repro", b, env_b)
+    assert [s for s in ran(log) if ":train@" in s] == ["results/b/dvc.yaml:train@mine-cpu",
+                                                        "results/b/dvc.yaml:train@mine-cuda"]
+    ov = overview(b)
+    assert ov["across"]["mine-cpu:a-vs-b"]["passed"] is True
+    # b has not pushed: its own regenerated results are uncommitted, and a pull still goes through
+    pull(b, env_b)
+    out = sh(f"{WORKFLOW} push", b, env_b)
+    assert "results/b/ committed, pushed to origin/main" in out
+    again = sh(f"{WORKFLOW} push", b, env_b)
+    assert "results/b/ unchanged since its last commit" in again and "committed," not in again
+
+
+def test_a_platform_change_retrains_on_its_own_machine_only(machines, world):
+    """Another torch thread count is another platform: a re-trains all of its configurations, b nothing."""
+    roots, _ = machines
+    _, mirror = world
+    a = roots["a"]
+    pull(a, machine_env("a", mirror))
+    log = sh(f"{WORKFLOW} repro", a, machine_env("a", mirror, OMP_NUM_THREADS="1"))
+    trained = [s for s in ran(log) if ":train@" in s and s.endswith("-cpu")]
+    assert trained == [f"results/a/dvc.yaml:train@{l}-cpu" for l in sorted(LOSSES + ["mine"])]
+    run = json.loads((a / "results" / "a" / "runs" / "torch_mse-cpu" / "run.json").read_text())
+    assert run["platform"]["torch_threads"] == 1
+    assert not any(s.startswith("results/b/") for s in ran(log))
 
 
 def test_an_unreachable_remote_is_one_line(machines, world):
-    roots, _ = machines
     tmp, mirror = world
     d, env = clone(world, "d")
     sh(f"dvc remote modify --local shared url {tmp / 'nowhere'}", d, env)
-    out = sh("python -m lossbench.machines pull", d, env, ok=False)
+    out = sh(f"{WORKFLOW} pull", d, env, ok=False)
     assert out.returncode == 2
     assert out.stderr.strip() == (f"machines: DVC remote 'shared' is {tmp / 'nowhere'}, which is not a directory "
                                   "here: mount it, or point this clone at it where it is mounted "
                                   "(`dvc remote modify --local shared url /path`)")
     sh("dvc remote remove --local shared && dvc remote remove shared && git commit -qam 'no remote'", d, env)
-    out = sh("python -m lossbench.machines push", d, env, ok=False)
+    sh(f"{WORKFLOW} repro", d, env)
+    out = sh(f"{WORKFLOW} push", d, env, ok=False)
     assert out.returncode == 2 and out.stderr.strip().startswith("machines: no default DVC remote: set one with")
 
 
-def test_a_run_missing_from_the_remote_is_named_and_reported_not_run(machines, world):
+def test_a_run_missing_from_the_remote_is_named(machines, world):
     tmp, mirror = world
     e, env = clone(world, "e")
     (tmp / "empty").mkdir()
     sh(f"dvc remote modify --local shared url {tmp / 'empty'}", e, env)
-    out = sh("python -m lossbench.machines pull", e, env)
-    assert ("machines: train@numpy_mse-cpu-b: dvc.lock names results the remote " + str(tmp / "empty")
-            + " does not have: the machine that ran it must `make push`") in out
-    log = sh("dvc repro", e, env)  # machine e runs neither device, and nothing of them came: both not run
-    run = json.loads((e / "data" / "runs" / "numpy_mse-cpu-b" / "run.json").read_text())
-    assert run["status"] == "unavailable" and "no result of it is here" in run["reason"], log
+    out = sh(f"{WORKFLOW} pull", e, env)
+    assert ("machines: results/b: train@numpy_mse-cpu: its outputs are not in the remote " + str(tmp / "empty")
+            + ": machine 'b' must `make push` (its report/ is in Git and the overview shows it)") in out
+    log = sh(f"{WORKFLOW} overview", e, env)
+    assert "overview: PASS (machines: a, b" in log

@@ -1,4 +1,4 @@
-"""End to end: `dvc repro` in a fresh copy of the repository, on real MNIST.
+"""End to end: `make repro`'s command in a fresh copy of the repository, on real MNIST.
 
 The tests share one repository and run in file order: the first ones read the
 default pipeline's results; the later ones change it (a user's loss added,
@@ -29,6 +29,9 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a G
 
 
 CHECKS = ["check@cpu", "check@cuda"]  # one check stage per device, run every time
+REPRO = "python -m lossbench.workflow repro"  # what `make repro` runs after validating params.yaml
+MACHINE = Path("results", "local")  # this machine's results: LOSSBENCH_MACHINE is unset here
+RUNS, REPORT = MACHINE / "runs", MACHINE / "report"
 
 
 def sh(cmd, cwd, env=None, ok=True):
@@ -39,8 +42,8 @@ def sh(cmd, cwd, env=None, ok=True):
 
 
 def ran(log):
-    """The stages DVC ran (not skipped, not restored from its run-cache)."""
-    return sorted(set(re.findall(r"Running stage '([^']+)'", log)))
+    """The stages of this machine's pipeline DVC ran (not skipped, not restored from its run-cache)."""
+    return sorted({s.removeprefix(f"{MACHINE}/dvc.yaml:") for s in re.findall(r"Running stage '([^']+)'", log)})
 
 
 @pytest.fixture(scope="module")
@@ -50,21 +53,21 @@ def repo(tmp_path_factory, mirror):
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     # what a clone has: sources, never outputs (data/ keeps only its .gitignore files)
-    keep = [f for f in files if (ROOT / f).is_file() and not f.startswith("reports/")
+    keep = [f for f in files if ((ROOT / f).is_file() or (ROOT / f).is_symlink()) and "/report/" not in f
             and (not f.startswith("data/") or f.endswith(".gitignore"))]
     copy_tree(ROOT, dst, keep)
     env = {**os.environ, "MNIST_MIRROR": str(mirror), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    for var in ("LOSSBENCH_REQUIRE_DEVICES", "LOSSBENCH_DEBUG"):
+    for var in ("LOSSBENCH_REQUIRE_DEVICES", "LOSSBENCH_DEBUG", "LOSSBENCH_MACHINE"):
         env.pop(var, None)
     sh("git init -q && git config user.name t && git config user.email t@t && git add -A && git commit -qm init",
        dst)
-    log = sh("dvc repro", dst, env)
+    log = sh(REPRO, dst, env)
     return dst, env, log
 
 
 def metrics(root):
-    """Every row in full (reports/summary.json); reports/metrics.json holds DVC's short subset."""
-    return json.loads((root / "reports" / "summary.json").read_text())
+    """Every row in full (summary.json); metrics.json holds DVC's short subset."""
+    return json.loads((root / REPORT / "summary.json").read_text())
 
 
 def edit_params(root, fn):
@@ -76,14 +79,15 @@ def edit_params(root, fn):
 def test_repro_trains_every_configuration(repo):
     root, _, log = repo
     params = load_params(root / "params.yaml")
-    assert ran(log)[:2] == CHECKS and log.index("Running stage 'check@") < log.index("Running stage 'train@")
+    assert ran(log)[:2] == CHECKS and log.index(f"Running stage '{MACHINE}/dvc.yaml:check@") < \
+        log.index(f"Running stage '{MACHINE}/dvc.yaml:train@")
     for loss in params.train.losses:
-        run = json.loads((root / "data" / "runs" / f"{loss}-cpu" / "run.json").read_text())
-        steps = pd.read_csv(root / "data" / "runs" / f"{loss}-cpu" / "steps.csv")
+        run = json.loads((root / RUNS / f"{loss}-cpu" / "run.json").read_text())
+        steps = pd.read_csv(root / RUNS / f"{loss}-cpu" / "steps.csv")
         assert run["status"] == "ran" and len(steps) == 470 * params.train.repeats
         assert steps.groupby("repeat").size().tolist() == [470] * params.train.repeats
         assert (steps.loc[steps["repeat"] == 1, "epoch"].value_counts().sort_index().tolist() == [235, 235])
-        cuda = json.loads((root / "data" / "runs" / f"{loss}-cuda" / "run.json").read_text())
+        cuda = json.loads((root / RUNS / f"{loss}-cuda" / "run.json").read_text())
         assert cuda["status"] == ("ran" if torch.cuda.is_available() else "unavailable")
 
 
@@ -138,7 +142,7 @@ def tutorial_losses(data_root, loss_name):
 def test_pipeline_equals_the_tutorial_written_independently(repo, loss):
     """Not lossbench against itself: the default pipeline's steps.csv against the tutorial's loop, bit for bit."""
     root, _, _ = repo
-    steps = pd.read_csv(root / "data" / "runs" / f"{loss}-cpu" / "steps.csv")
+    steps = pd.read_csv(root / RUNS / f"{loss}-cpu" / "steps.csv")
     ours = steps.loc[steps["repeat"] == 1, "loss"].map(float.hex).tolist()
     theirs = [float.hex(v) for v in tutorial_losses(root / "data", loss)]
     assert len(theirs) == 470 and len(ours) == 470
@@ -149,20 +153,20 @@ def test_pipeline_equals_the_tutorial_written_independently(repo, loss):
 def test_dvc_names_each_train_stage_and_run_directory_by_the_configurations_key(repo):
     """The key is derived in one place (Configuration); dvc.yaml's matrix template must give the same names."""
     root, env, _ = repo
-    stages = {s for s in sh("dvc stage list --name-only", root, env).split() if s.startswith("train@")}
+    listed = sh(f"dvc stage list --name-only {MACHINE}/dvc.yaml", root, env).split()
+    stages = {s.removeprefix(f"{MACHINE}/dvc.yaml:") for s in listed if ":train@" in s}
     configs = matrix(load_params(root / "params.yaml").train)
     assert stages == {c.stage for c in configs}
-    assert {p.name for p in (root / "data" / "runs").iterdir() if p.is_dir()} == {c.run_dir(root / "data" / "runs").name
-                                                                     for c in configs}
+    assert {p.name for p in (root / RUNS).iterdir() if p.is_dir()} == {c.run_dir(root / RUNS).name for c in configs}
 
 
 def test_a_configuration_in_the_pipeline_equals_its_solo_run(repo, tmp_path):
     # one configuration's own process, nothing else in it: the pipeline's outputs must be the same bits
     root, env, _ = repo
     solo = tmp_path / "solo"
-    sh(f"python -m stages.train --check data/check/cpu/numpy_mse.json --params params.yaml --data data --out {solo}",
-       root, env)
-    run = root / "data" / "runs" / "numpy_mse-cpu"
+    sh(f"python -m stages.train --check {MACHINE}/check/cpu/numpy_mse.json --params params.yaml --data data "
+       f"--out {solo}", root, env)
+    run = root / RUNS / "numpy_mse-cpu"
     a, b = (pd.read_csv(d / "steps.csv") for d in (run, solo))
     assert a["loss"].map(float.hex).tolist() == b["loss"].map(float.hex).tolist()
     for name in ("grads.npz", "weights.npz"):
@@ -187,31 +191,31 @@ def test_report_verdicts_on_real_mnist(repo):
     # the gradient check names the culprit at step 1, where the trajectory alone says nothing yet
     assert c["wrong_backward-cpu"]["grad_factor"] == pytest.approx(2.0, abs=1e-3)
     assert ("wrong_backward-cpu** vs torch_mse: step 1: every gradient is 2.000x the reference's"
-            in (root / "reports" / "report.md").read_text())
+            in (root / REPORT / "report.md").read_text())
     if not torch.cuda.is_available():
         assert c["numpy_mse-cuda"]["verdict"] == "not run"
-        assert "## Not run" in (root / "reports" / "report.md").read_text()
+        assert "## Not run" in (root / REPORT / "report.md").read_text()
     for png in ("loss-cpu.png", "absdiff-cpu.png", "step-time.png"):
-        with Image.open(root / "reports" / png) as img:
+        with Image.open(root / REPORT / png) as img:
             img.verify()
 
 
 def test_metrics_and_plots_are_visible_to_dvc(repo):
     root, env, _ = repo
     shown = json.loads(sh("dvc metrics show --json", root, env))
-    assert shown[""]["data"]["reports/metrics.json"]["data"]["passed"] is True
+    assert shown[""]["data"][f"{REPORT}/metrics.json"]["data"]["passed"] is True
     # at DVC's default precision a 3e-6 drift still shows: as the share of its tolerance used
     header, values = [re.split(r"\s{2,}", line.strip()) for line in sh("dvc metrics show", root, env).splitlines()[:2]]
     shown = float(values[header.index("configs.numpy_mse-cpu.tol_used")])
     used = metrics(root)["configs"]["numpy_mse-cpu"]["tol_used"]
     assert 0 < used < 1 and shown == round(used, 5) > 0
     plots = json.loads(sh("dvc plots show --json", root, env))
-    assert "reports/plots/loss/cpu.csv" in plots["data"] and "reports/plots/absdiff/cpu.csv" in plots["data"]
+    assert f"{REPORT}/plots/loss/cpu.csv" in plots["data"] and f"{REPORT}/plots/absdiff/cpu.csv" in plots["data"]
 
 
 def test_second_repro_retrains_nothing(repo):
     root, env, _ = repo
-    assert ran(sh("dvc repro", root, env)) == CHECKS  # re-checked every time; nothing else re-runs
+    assert ran(sh(REPRO, root, env)) == CHECKS  # re-checked every time; nothing else re-runs
 
 
 def test_lr_written_1e_3_is_the_same_float_to_dvc_and_to_us(repo):
@@ -219,7 +223,7 @@ def test_lr_written_1e_3_is_the_same_float_to_dvc_and_to_us(repo):
     text = (root / "params.yaml").read_text()
     (root / "params.yaml").write_text(text.replace("lr: 1.0e-3", "lr: 1e-3"))
     try:
-        assert ran(sh("dvc repro", root, env)) == CHECKS  # accepted, and nothing retrains
+        assert ran(sh(REPRO, root, env)) == CHECKS  # accepted, and nothing retrains
     finally:
         (root / "params.yaml").write_text(text)
 
@@ -227,7 +231,7 @@ def test_lr_written_1e_3_is_the_same_float_to_dvc_and_to_us(repo):
 @NO_GPU
 def test_require_devices_stops_a_cached_workspace(repo):
     root, env, _ = repo
-    out = sh("dvc repro", root, {**env, "LOSSBENCH_REQUIRE_DEVICES": "1"}, ok=False)
+    out = sh(REPRO, root, {**env, "LOSSBENCH_REQUIRE_DEVICES": "1"}, ok=False)
     assert out.returncode != 0 and set(ran(out.stdout + out.stderr)) <= set(CHECKS)
     assert "check: params.yaml: train.devices: 'cuda' cannot run here and LOSSBENCH_REQUIRE_DEVICES=1" in out.stderr
 
@@ -236,23 +240,23 @@ def test_require_devices_stops_a_cached_workspace(repo):
     (lambda p: p["train"]["losses"].append("nosuch.module:f"),
      "check: params.yaml: train.losses: 'nosuch.module:f': cannot import module 'nosuch.module'"),
     (lambda p: p["train"]["devices"].append("tpu"),
-     "check: params.yaml: train.devices.2: expected 'cpu' or 'cuda', optionally with a machine label"),
+     "check: params.yaml: train.devices.2: expected 'cpu' or 'cuda'"),
     (lambda p: p["train"].update(epochs=0), "check: params.yaml: train.epochs: Input should be greater than 0"),
 ])
 def test_bad_input_stops_in_seconds_before_any_output_is_deleted(repo, edit, line):
     root, env, _ = repo
     text = (root / "params.yaml").read_text()
-    before = (root / "data" / "runs" / "numpy_mse-cpu" / "steps.csv").read_bytes()
+    before = (root / RUNS / "numpy_mse-cpu" / "steps.csv").read_bytes()
     edit_params(root, edit)
     try:
         t0 = time.perf_counter()
-        out = sh("dvc repro", root, env, ok=False)
+        out = sh(REPRO, root, env, ok=False)
         seconds = time.perf_counter() - t0
     finally:
         (root / "params.yaml").write_text(text)
     assert out.returncode != 0 and set(ran(out.stdout + out.stderr)) <= set(CHECKS), out.stdout
     assert line in out.stderr and "Traceback" not in out.stderr
-    assert (root / "data" / "runs" / "numpy_mse-cpu" / "steps.csv").read_bytes() == before
+    assert (root / RUNS / "numpy_mse-cpu" / "steps.csv").read_bytes() == before
     print(f"stopped after {seconds:.1f} s")
 
 
@@ -269,22 +273,22 @@ def test_a_users_loss_is_a_dependency(repo):
         p["losses"]["mine"] = {"fn": "losses.mine:my_mse"}
 
     edit_params(root, add)
-    log = sh("dvc repro", root, env)
+    log = sh(REPRO, root, env)
     assert ran(log) == CHECKS + ["cost@cpu", "cost@cuda", "report", "train@mine-cpu", "train@mine-cuda"]
     mine = metrics(root)["configs"]["mine-cpu"]
     assert mine["verdict"] == "equal" and mine["cost_ratio_low"] <= mine["cost_ratio"] <= mine["cost_ratio_high"]
-    src = json.loads((root / "data" / "runs" / "mine-cpu" / "run.json").read_text())["loss_source"]
+    src = json.loads((root / RUNS / "mine-cpu" / "run.json").read_text())["loss_source"]
     assert list(src["files"]) == ["losses/mine.py"]
 
     (root / "losses" / "mine.py").write_text(MINE.format(bug=" * 2"))  # a bug: the loss (and gradient) doubled
-    out = sh("dvc repro", root, env, ok=False)
+    out = sh(REPRO, root, env, ok=False)
     assert out.returncode != 0 and ran(out.stdout + out.stderr) == CHECKS + ["cost@cpu", "cost@cuda", "report",
                                                                     "train@mine-cpu", "train@mine-cuda"]
     assert "mine-cpu: expected equal to torch_mse-cpu, but step 1: every gradient is 2.000x" in out.stderr
     assert metrics(root)["configs"]["mine-cpu"]["passed"] is False
 
     (root / "losses" / "mine.py").write_text(MINE.format(bug=""))  # fixed: back to a PASS, nothing else trains
-    log = sh("dvc repro", root, env)
+    log = sh(REPRO, root, env)
     assert [s for s in ran(log) if s.startswith("train@") and not s.startswith("train@mine")] == []
     assert metrics(root)["passed"] is True and metrics(root)["configs"]["mine-cpu"]["verdict"] == "equal"
 
@@ -293,8 +297,9 @@ def test_example_losses_equal_their_references_through_dvc_exp_run(repo):
     root, env, _ = repo
     sh("git add -A && git commit -qm 'state after the tests above'", root)
     losses = "[torch_l1,numpy_l1,huber_ref,numpy_huber,torch_bce,numpy_bce]"
-    log = sh(f"dvc exp run -S 'train.losses={losses}' -S 'train.devices=[cpu]' -S train.repeats=1", root, env)
-    assert "Running stage 'train@numpy_huber-cpu'" in log
+    log = sh(f"dvc exp run {MACHINE}/dvc.yaml -S 'train.losses={losses}' -S 'train.devices=[cpu]' "
+             "-S train.repeats=1", root, env)
+    assert f"Running stage '{MACHINE}/dvc.yaml:train@numpy_huber-cpu'" in log
     c = metrics(root)["configs"]
     for cand, ref in (("numpy_l1", "torch_l1"), ("numpy_huber", "huber_ref"), ("numpy_bce", "torch_bce")):
         row = c[f"{cand}-cpu"]

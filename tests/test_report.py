@@ -220,12 +220,12 @@ def test_truncated_steps_csv_is_an_error_naming_the_file(work):
 
 
 def test_a_missing_run_is_not_run_with_the_reason_and_its_candidates_fail(work):
-    # e.g. a machine pulled everything but one configuration its machine never pushed
+    # e.g. another machine's lock pulled, but one configuration its machine never pushed
     shutil.rmtree(work / "runs" / "numpy_mse-cpu")
     res = evaluate(work)
     row = res.configs["numpy_mse-cpu"]
     assert row["verdict"] == "not run" and row["status"] == "missing"
-    assert "numpy_mse-cpu/run.json is not here (its stage did not run here; if another machine ran it: `make pull`)" \
+    assert "numpy_mse-cpu/run.json is not here (`make repro` on its machine; from another machine: `make pull`)" \
         in row["reason"]
     shutil.rmtree(work / "runs" / "torch_mse-cpu")
     res = evaluate(work)
@@ -243,7 +243,8 @@ def test_one_device_from_two_platforms_fails_naming_both_machines(work):
     failures = [f for f in evaluate(work).failures if "platforms differ" in f]
     assert len(failures) == 1
     assert failures[0].startswith("cpu: platforms differ for one device: torch_mse-cpu ran on ")
-    assert ", numpy_mse-cpu on b (node2) (cpu differ): re-run the device's configurations on one machine" in failures[0]
+    assert (", numpy_mse-cpu on b (node2) (cpu differ): two hosts share one machine name; give each its own "
+            "LOSSBENCH_MACHINE, or re-run this device here") in failures[0]
 
 
 def run_report(work):

@@ -12,7 +12,7 @@ from lossbench.io import read_tensors, write_steps
 from lossbench.losses import resolve
 from lossbench.registry import REGISTRY, Registered
 from lossbench.model import AutoEncoder
-from tests.conftest import ROOT, check_files, cost_file, small_params, train_config
+from tests.conftest import ROOT, check_files, small_params, train_config
 
 
 def run_main(tmp_path, synthetic, loss="numpy_mse", device="cpu", out="run", **train_params):
@@ -248,19 +248,3 @@ def test_a_configuration_that_cannot_run_here_imports_no_torch(tmp_path, synthet
             "--check", str(tmp_path / "check" / "cuda"), "--out", str(tmp_path / "cuda.json")]
     assert not any(imported("cost", argv).values())
     assert json.loads((tmp_path / "cuda.json").read_text())["status"] == "unavailable"
-
-
-def test_another_platforms_configuration_is_never_trained_or_timed_here(tmp_path, synthetic, capsys):
-    # its results were not pulled, so DVC runs its stage here: not run, with the reason; never trained here
-    params = small_params(tmp_path / "p.yaml", losses=["torch_mse"])
-    checks = check_files(params, tmp_path / "check")
-    path = checks / "cpu" / "torch_mse.json"
-    rec = json.loads(path.read_text())
-    path.write_text(json.dumps({**rec, "platform": {**rec["platform"], "cpu": "Their CPU"}}))
-    why = ("cpu: its check file describes another platform than this machine's: its results come from its machine "
-           "(`make push` there, `make pull` here)")
-    run = json.loads((train_config(params, synthetic, checks, tmp_path / "runs", "torch_mse") / "run.json").read_text())
-    assert run["status"] == "unavailable" and run["reason"] == why
-    assert not (tmp_path / "runs" / "torch_mse-cpu" / "steps.csv").exists()
-    cost = json.loads(cost_file(params, synthetic, checks, tmp_path / "cost").read_text())
-    assert cost["status"] == "unavailable" and cost["reason"] == why and "losses" not in cost

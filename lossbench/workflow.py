@@ -1,0 +1,190 @@
+"""`make repro`, `make remote`, `make push`, `make pull`: this machine's pipeline, and results between machines.
+
+Results travel through a DVC remote (outputs and run-cache) and Git (each
+machine's results/<machine>/: its dvc.lock and report/). Each machine commits
+only its own directory, so pulls merge cleanly in any order. Every failure is one
+line saying what to do.
+
+    python -m lossbench.workflow repro [dvc repro options]  # this machine's pipeline, then the overview
+    python -m lossbench.workflow overview    # the overview alone (reads what Git has; trains nothing)
+    python -m lossbench.workflow remote URL  # the default DVC remote (a directory, s3://, ssh://, ...)
+    python -m lossbench.workflow push        # this machine's outputs to the remote, its results/<machine>/ to Git
+    python -m lossbench.workflow pull        # Git (every machine's lock and report), then their outputs
+"""
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+from lossbench.errors import UserError, run
+from lossbench.io import read_json
+from lossbench.machines import PIPELINE, RESULTS, directory, ensure, name
+
+REMOTE = "shared"  # the name `make remote` gives the default remote
+
+
+def sh(*cmd, what=None):
+    """Run a command; on failure a UserError with its last error line."""
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        lines = [l for l in (out.stderr + out.stdout).splitlines() if l.strip()]
+        last = next((l for l in reversed(lines) if "ERROR" in l or "error" in l or "fatal" in l), lines[-1] if lines
+                    else f"exit {out.returncode}")
+        raise UserError(f"{what or ' '.join(cmd)} failed: {last.strip()}")
+    return out.stdout.strip()
+
+
+def dvc_repro(*args):
+    """`dvc repro`, its output shown as it runs; its exit status (its log says why).
+
+    DVC ends every repro that ran something with "Use `dvc push` ...": here `make push`
+    is what shares results (it pushes this machine's only), so that line is left out.
+    """
+    proc = subprocess.Popen(["dvc", "repro", *args], stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if not line.startswith("Use `dvc push`"):
+            print(line, end="", flush=True)
+    return proc.wait()
+
+
+def repro(extra):
+    link = ensure()
+    rc = dvc_repro(*extra, str(link)) or overview()
+    if rc == 0:
+        print(f"lossbench: this machine's report: {link.parent}/report/report.md; every machine's: "
+              "reports/overview.md (`make push` shares this machine's results)", file=sys.stderr)
+    return rc
+
+
+def overview():
+    """The overview over every machine's committed report: not a DVC stage (see stages/overview.py)."""
+    return subprocess.run([sys.executable, "-m", "stages.overview", "--params", "params.yaml", "--results", RESULTS,
+                           "--out", "reports"]).returncode
+
+
+def remote_url():
+    """The default DVC remote's URL, or a UserError saying how to set one; a local one must exist."""
+    out = subprocess.run(["dvc", "remote", "default"], capture_output=True, text=True)  # exits 1 when none is set
+    remote = out.stdout.strip() if out.returncode == 0 else None
+    if not remote:
+        raise UserError("no default DVC remote: set one with `make remote URL=/path/to/shared/dir` "
+                        "(or s3://..., gs://..., ssh://...) and commit .dvc/config")
+    url = sh("dvc", "config", f"remote.{remote}.url", what=f"reading remote {remote!r}")
+    if "://" not in url and not Path(url).is_dir():
+        raise UserError(f"DVC remote {remote!r} is {url}, which is not a directory here: mount it, or point this "
+                        f"clone at it where it is mounted (`dvc remote modify --local {remote} url /path`)")
+    return remote, url
+
+
+def set_remote(url):
+    if "://" not in url:  # a directory: made now, so that a later typo or a missing mount is an error, not a new remote
+        Path(url).mkdir(parents=True, exist_ok=True)
+    sh("dvc", "remote", "add", "--default", "--force", REMOTE, url)
+    print(f"machines: DVC remote {REMOTE!r} = {url} (default); commit .dvc/config so every clone uses it",
+          file=sys.stderr)
+
+
+def git_remote():
+    """The upstream Git remote of this branch, or None (a clone without one keeps its commits local)."""
+    out = subprocess.run(["git", "rev-parse", "--abbrev-ref", "@{upstream}"], capture_output=True, text=True)
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def inputs(here):
+    """What this machine's results depend on, from the repository root: every dependency and params file its
+    dvc.lock names, the pipeline, and each loss's own files (the check records name them)."""
+    stages = (YAML(typ="safe").load(here / "dvc.lock") or {}).get("stages", {})  # read only: nothing edits a lock
+    paths = {"dvc.yaml", PIPELINE}
+    for stage in stages.values():
+        paths |= {os.path.normpath(here / d["path"]) for d in stage.get("deps", [])}
+        paths |= {os.path.normpath(here / f) for f in stage.get("params", {})}
+    for record in here.glob("check/*/*.json"):
+        paths |= set(read_json(record)["source"].get("files", {}))
+    own = os.path.normpath(here)  # this machine's folder: its outputs, committed by the push itself
+    return sorted(p for p in paths if Path(p).exists() and not Path(p).is_relative_to(own))
+
+
+def uncommitted(paths):
+    """The files among ``paths`` that Git does not have as they are here (modified or untracked)."""
+    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *paths], capture_output=True,
+                         text=True, check=True).stdout  # not stripped: each line starts with two status columns
+    return sorted(line[3:] for line in out.splitlines() if line.strip())
+
+
+def push():
+    here = directory()
+    if not (here / "dvc.lock").is_file():
+        raise UserError(f"{here}/dvc.lock: not found: `make repro` first (nothing of machine {name()!r} to push)")
+    dirty = uncommitted(inputs(here))
+    if dirty:  # results of code or params Git does not have: no other machine could reproduce or read them right
+        raise UserError(f"commit these first, the results depend on them: {', '.join(dirty[:5])}"
+                        + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else ""))
+    remote, url = remote_url()
+    # outputs first: a commit on Git never names results the remote lacks
+    sh("dvc", "push", "--run-cache", str(here / "dvc.yaml"), what=f"dvc push to remote {remote!r} ({url})")
+    sh("git", "add", "-A", "--", str(here))
+    staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", str(here)]).returncode != 0
+    if staged:
+        sh("git", "commit", "-q", "-m", f"lossbench results of machine {name()} ({socket.gethostname()})", "--",
+           str(here))
+    done = f"{here}/ committed" if staged else f"{here}/ unchanged since its last commit"
+    upstream = git_remote()
+    if upstream is None:
+        print(f"machines: outputs and run-cache pushed to {url}; {done}; this branch has no Git upstream, so the "
+              "commit stays here", file=sys.stderr)
+        return
+    out = subprocess.run(["git", "push", "-q"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise UserError(f"git push to {upstream} was refused (another machine pushed first?): `make pull`, then "
+                        "`make push` (each machine commits only its own results/<machine>/: the pull merges cleanly)")
+    print(f"machines: outputs and run-cache pushed to {url}; {done}, pushed to {upstream}", file=sys.stderr)
+
+
+def lock_outs(lock):
+    """Each stage of one machine's dvc.lock -> the paths of its outputs, relative to the repository."""
+    stages = (YAML(typ="safe").load(Path(lock)) or {}).get("stages", {})
+    return {s: [Path(lock).parent / o["path"] for o in d.get("outs", [])] for s, d in stages.items()}
+
+
+def pull():
+    remote, url = remote_url()
+    if git_remote() is not None:
+        # --autostash: this machine's own uncommitted results (results/<machine>/) never meet another's changes
+        sh("git", "pull", "-q", "--rebase", "--autostash",
+           what="git pull --rebase (`make push` your results first, or `git stash`, then `make pull`)")
+    # allow-missing: a result some machine committed but never pushed is listed below, not fatal
+    sh("dvc", "pull", "--run-cache", "--allow-missing", what=f"dvc pull from remote {remote!r} ({url})")
+    missing = []
+    for lock in sorted(Path(RESULTS).glob("*/dvc.lock")):
+        for stage, outs in lock_outs(lock).items():
+            if any(not p.exists() for p in outs):
+                missing.append(stage)
+                print(f"machines: {lock.parent}: {stage}: its outputs are not in the remote {url}: machine "
+                      f"{lock.parent.name!r} must `make push` (its report/ is in Git and the overview shows it)",
+                      file=sys.stderr)
+    print(f"machines: pulled from {url}" + (f" ({len(missing)} stage(s) missing)" if missing else ""),
+          file=sys.stderr)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="step", required=True)
+    sub.add_parser("repro").add_argument("dvc_args", nargs=argparse.REMAINDER)
+    sub.add_parser("overview")
+    sub.add_parser("remote").add_argument("url")
+    sub.add_parser("push")
+    sub.add_parser("pull")
+    sub.add_parser("name")
+    args = p.parse_args(argv)
+    steps = {"repro": lambda: repro(args.dvc_args), "overview": overview, "remote": lambda: set_remote(args.url),
+             "push": push, "pull": pull, "name": lambda: print(name())}
+    sys.exit(run(steps[args.step], "machines") or 0)
+
+
+if __name__ == "__main__":
+    main()
