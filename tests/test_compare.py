@@ -60,7 +60,7 @@ def commit_metrics(repo, summary, msg, losses=LOSSES, folder=REPORT):
         path = repo / folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    git(repo, "add", str(folder))
+    git(repo, "add", "-f", str(folder))  # reports/ (where older revisions kept it) is ignored now
     git(repo, "commit", "-qm", msg)
     return git(repo, "rev-parse", "HEAD")
 
@@ -191,6 +191,7 @@ def test_unknown_revision_is_a_clear_error(repo):
 
 
 def test_a_report_from_before_machine_folders_compares_with_one_after(repo):
+    git(repo, "rm", "-rq", str(REPORT))  # a revision from before machine folders: only reports/
     a = commit_metrics(repo, BASE, "one report, reports/", folder=Path("reports"))
     git(repo, "rm", "-rq", "reports")
     b = commit_metrics(repo, BASE, "the machine's report, results/local/report/")
