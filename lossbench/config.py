@@ -98,8 +98,19 @@ class Gradient(Strict):
     rtol: NonNegFloat
 
 
+class Envelope(Strict):
+    # the reference's own rounding noise: its run repeated `members` times, every initial weight nudged
+    # by one ulp; a candidate is equal while |diff| <= multiplier x noise (docs/envelope.md)
+    members: PosInt
+    floor_ulps: PosFloat  # the noise at a step is at least this many ulps of the reference's loss there
+    gradient_floor_ulps: PosFloat  # a parameter's step-1 gradient noise: at least this many ulps of its max
+    multiplier: PosFloat
+
+
 class Report(Strict):
     reference: str
+    rule: Literal["envelope", "fixed"]  # envelope: the measured noise; fixed: same_device and gradient below
+    envelope: Envelope
     same_device: Tolerance
     cross_device: Tolerance
     gradient: Gradient

@@ -32,13 +32,29 @@ def _no_mark():
     return None
 
 
+def nudge(model, member):
+    """Every initial weight moved by one ulp of its dtype, up or down at random (signs seeded by ``member``).
+
+    The smallest change a float can take: the ensemble it makes measures how far rounding alone carries
+    a run, which is what a candidate equal to its reference may differ by.
+    """
+    signs = torch.Generator().manual_seed(member)  # apart from the global RNG: the run's own seeds are untouched
+    with torch.no_grad():
+        for p in model.parameters():
+            up = torch.rand(p.shape, generator=signs) < 0.5  # (p.shape,) on the CPU
+            toward = torch.where(up, torch.inf, -torch.inf).to(device=p.device, dtype=p.dtype)
+            p.copy_(torch.nextafter(p, toward))
+
+
 class Trainer:
     """Seeded model, Adam and the loss on one device; ``step`` is the tutorial's step."""
 
-    def __init__(self, make_loss, device, lr, seed):
+    def __init__(self, make_loss, device, lr, seed, member=0):
         determinism.seed_everything(seed)
         self.device = device
         self.model = task.model().to(device)  # built right after seeding, then moved
+        if member:  # a member of the reference's noise ensemble: the same run, one rounding apart at the start
+            nudge(self.model, member)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.loss_fn = make_loss()
 

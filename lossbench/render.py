@@ -123,6 +123,17 @@ def _cost(r):
     return f"{r['cost_ratio']:.{digits}f}x [{lo:.{digits}f}, {hi:.{digits}f}]: {r['cost']}"
 
 
+def _noise(r):
+    """``0.19x`` (trajectory; step-1 gradients after the slash), the reference's own noise for a reference."""
+    if r.get("verdict") == "reference":
+        return f"noise max {r['noise_max']:.2g}" if pd.notna(r.get("noise_max")) else "-"
+    if r.get("noise_used") is None or pd.isna(r.get("noise_used")):
+        return ""
+    out = f"{r['noise_used']:.2g}x / {r['grad_noise_used']:.2g}x"
+    first = r.get("first_outside_noise")
+    return out + (f" (first out: step {int(first)})" if first is not None and pd.notna(first) else "")
+
+
 def fmt(x, spec):
     return "" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
 
@@ -150,14 +161,27 @@ def markdown(params, res, images):
         lines.append("")
     ran = rows[rows["status"] == "ran"].copy()
     if not ran.empty:
-        lines += ["## Verdicts", "",
-                  "Each loss against its own reference on the same device: `equal` when every step passes "
-                  f"|loss - ref| <= {rp.same_device.atol:g} + {rp.same_device.rtol:g} * |ref| and every "
-                  f"parameter's step-1 gradient passes max |g - g_ref| <= {rp.gradient.rtol:g} * max |g_ref|.", ""]
+        if rp.rule == "envelope":
+            e = rp.envelope
+            rule = ("Each loss against its own reference on the same device: `equal` when, at every step, |loss - ref| "
+                    f"is within {e.multiplier:g}x the reference's own rounding noise (its run repeated {e.members} "
+                    "times with every initial weight nudged by one ulp: the largest |member - ref| so far, at least "
+                    f"{e.floor_ulps:g} ulps of the loss), and so is every parameter's step-1 gradient. *Noise used*: "
+                    "the largest share of that bound any step used (< 1 passes); *growth*: the slope of log |diff| "
+                    "against log noise (docs/envelope.md). The fixed rule's figures (`tol_used`, atol "
+                    f"{rp.same_device.atol:g}) stay in summary.json.")
+        else:
+            rule = ("Each loss against its own reference on the same device: `equal` when every step passes "
+                    f"|loss - ref| <= {rp.same_device.atol:g} + {rp.same_device.rtol:g} * |ref| and every "
+                    f"parameter's step-1 gradient passes max |g - g_ref| <= {rp.gradient.rtol:g} * max |g_ref|.")
+        lines += ["## Verdicts", "", rule, ""]
         v = pd.DataFrame({
             "config": ran.index, "reference": ran["reference"].fillna("-"),
             "expected": ran["expected"], "verdict": ran["verdict"],
             "ok": ran["passed"].map({True: "yes", False: "**NO**"}),
+            **({"noise used": [_noise(r) for r in ran.to_dict("records")],
+                "growth": ran.get("growth", pd.Series(index=ran.index, dtype=float)).map(lambda x: fmt(x, ".2f"))}
+               if rp.rule == "envelope" else {}),
             "max abs diff": ran["max_abs_diff"].map(lambda x: fmt(x, ".3g")),
             "step-1 grad rel err": [_grad(r) for r in ran.itertuples()],
             "final weights max abs diff": ran.get("weights_max_abs_diff", pd.Series(dtype=float)).map(

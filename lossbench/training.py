@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from lossbench import problems, task
+from lossbench import evidence, problems, task
 from lossbench.engine import RunError, Trainer
 from lossbench.io import STEP_COLUMNS
 
@@ -36,7 +36,7 @@ def _at(label, epoch, step, global_step):
     return f"{label}, epoch {epoch}, step {step} (global step {global_step})"
 
 
-def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=None):
+def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=None, member=0):
     """The tutorial's loop. Returns the steps table and the weights (digests, final tensors).
 
     ``batches()`` yields one epoch of (B, 784) tensors on ``device``. The loss
@@ -45,7 +45,7 @@ def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=No
     step is timed by the clock's marks around it (CUDA events on CUDA), all
     read once at the end.
     """
-    trainer = Trainer(make_loss, device, lr, seed)
+    trainer = Trainer(make_loss, device, lr, seed, member)
     start = weights_digest(trainer.model)
     clock = Clock(device)
     where, values, marks = [], [], []
@@ -73,12 +73,12 @@ def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=No
                    "weights": weights}
 
 
-def first_step_gradients(make_loss, batches, device, seed):
+def first_step_gradients(make_loss, batches, device, seed, member=0):
     """Every parameter's gradient after step 1's backward, from the seeded initial weights.
 
     A parameter that no gradient reaches gets zeros (the detached control).
     """
-    trainer = Trainer(make_loss, device, 1e-3, seed)  # no step is taken: the learning rate plays no part
+    trainer = Trainer(make_loss, device, 1e-3, seed, member)  # no step is taken: the learning rate plays no part
     return trainer.gradients(next(iter(batches())), "step-1 gradients")  # the first batch, (B, 784)
 
 
@@ -109,15 +109,17 @@ def step_stats(seconds, warmup):
     return {"median": float(np.median(kept)), "p90": float(np.percentile(kept, 90))}
 
 
-def train_config(spec, device, train, root, label):
-    """All repeats of one configuration and the gradient evidence.
+def train_config(spec, device, train, root, label, members=0):
+    """All repeats of one configuration and the gradient evidence; for a reference, its noise ensemble.
 
-    Returns (steps, run, tensors): tensors holds ``grads`` (step 1) and ``weights`` (final, repeat 1).
+    Returns (steps, run, tensors): tensors holds ``grads`` (step 1) and ``weights`` (final, repeat 1),
+    and with ``members`` (a reference's) ``noise``: each member's losses, one column per member, and
+    ``gradient_noise``: per parameter, the members' largest step-1 gradient difference.
     """
     batches, per_epoch = task.batches(train.loader, root, device, train.batch_size)
     n_steps = train.epochs * per_epoch
     tables, repeats = [], []
-    with tqdm(total=n_steps * train.repeats, desc=label, file=sys.stderr, mininterval=1) as bar:
+    with tqdm(total=n_steps * (train.repeats + members), desc=label, file=sys.stderr, mininterval=1) as bar:
         for r in range(1, train.repeats + 1):
             steps, info = run_once(spec.make, batches, device, train.epochs, train.lr,
                                    train.seed, f"{label} repeat {r}", bar)
@@ -127,6 +129,12 @@ def train_config(spec, device, train, root, label):
             tables.append(steps.assign(repeat=r))
             if r == 1:
                 final = weights
+        ensemble, t0 = {}, time.perf_counter()
+        for m in range(1, members + 1):  # the reference's own rounding noise: the same run, nudged by one ulp
+            member, _ = run_once(spec.make, batches, device, train.epochs, train.lr, train.seed,
+                                 f"{label} noise member {m}", bar, member=m)
+            ensemble[f"member_{m}"] = member["loss"].to_numpy()
+        noise_seconds = time.perf_counter() - t0
     grads = first_step_gradients(spec.make, batches, device, train.seed)
     first = repeats[0]
     run = {
@@ -139,4 +147,13 @@ def train_config(spec, device, train, root, label):
         "warmup_steps_excluded": train.warmup_steps,
         "repeats": repeats,
     }
-    return pd.concat(tables)[STEP_COLUMNS], run, {"grads": grads, "weights": final}
+    tensors = {"grads": grads, "weights": final}
+    if members:
+        run["noise"] = {"members": members, "seconds": noise_seconds,
+                        "perturbation": "every initial weight moved by one ulp, up or down at random (signs "
+                        "seeded by the member's number)"}
+        tensors["noise"] = pd.DataFrame({"global_step": np.arange(1, n_steps + 1), **ensemble})
+        tensors["gradient_noise"] = evidence.gradient_noise(
+            [first_step_gradients(spec.make, batches, device, train.seed, member=m) for m in range(1, members + 1)],
+            grads)
+    return pd.concat(tables)[STEP_COLUMNS], run, tensors

@@ -31,6 +31,8 @@ class Run:
     steps: pd.DataFrame | None = None  # None when the configuration did not run
     grads: dict | None = None  # step-1 gradient per parameter
     weights: dict | None = None  # final weights per parameter
+    noise: np.ndarray | None = None  # a reference's ensemble: each member's losses, (K, steps)
+    gradient_noise: dict | None = None  # a reference's ensemble: per parameter, its step-1 gradient noise
 
     @property
     def name(self):
@@ -59,7 +61,12 @@ def load_run(run_dir, loss, device):
     if len(steps) != want:
         raise ReportError(f"{path}: {len(steps)} rows, expected {want} "
                           f"({info['steps']} steps x {len(info['repeats'])} repeats): an interrupted run?")
-    return Run(loss, device, info, steps, read_tensors(run_dir / "grads.npz"), read_tensors(run_dir / "weights.npz"))
+    noise = gradient_noise = None
+    if (run_dir / "noise.csv").is_file():
+        noise = pd.read_csv(run_dir / "noise.csv").drop(columns="global_step").to_numpy().T  # (K, steps)
+        gradient_noise = read_json(run_dir / "gradient_noise.json")
+    return Run(loss, device, info, steps, read_tensors(run_dir / "grads.npz"), read_tensors(run_dir / "weights.npz"),
+               noise, gradient_noise)
 
 
 def load_runs(runs_dir, configurations):
@@ -89,6 +96,12 @@ def describe(v):
     return (f"global step {f['global_step']} (epoch {f['epoch']}, step {f['step']}): "
             f"loss {f['loss']!r} vs reference {f['reference']!r}, "
             f"|diff| {f['abs_diff']:.3g} > tolerance {f['tolerance']:.3g}")
+
+
+def describe_noise(n, multiplier):
+    f = n["first_outside"]
+    return (f"global step {f['global_step']}: |diff| {f['abs_diff']:.3g} > {multiplier:g}x its reference's rounding "
+            f"noise ({f['bound']:.3g}); {n['steps_outside']} steps outside, at most {n['noise_used']:.3g}x")
 
 
 def step_ms(run):
@@ -185,9 +198,26 @@ def evaluate(params, runs, costs=None):
             res.failures.append(f"{run.name}: its reference {ref.name} has no result to compare with: "
                                 f"{ref.info.get('reason')}")
             continue
+        if ref is not None and rp.rule == "envelope" and ref.noise is None:
+            row.update(verdict="not judged", passed=False)
+            res.failures.append(f"{run.name}: its reference {ref.name} has no noise ensemble (report.rule is "
+                                f"envelope): re-run it (`dvc repro -f -s results/<machine>/dvc.yaml:train@{ref.name}`)")
+            continue
         if ref is not None:
             c = evidence.trajectory(run.losses(), ref.losses(), rp.same_device.atol, rp.same_device.rtol, ref.steps)
-            g = evidence.gradients(run.grads, ref.grads, rp.gradient.rtol, c["first_step_within"])
+            n = None
+            if rp.rule == "envelope":  # the verdict: within the reference's own rounding noise
+                e = rp.envelope
+                level = evidence.noise(ref.noise, ref.losses(), e.floor_ulps)
+                n = evidence.within_noise(run.losses(), ref.losses(), level, e.multiplier, ref.steps)
+                g = evidence.gradients(run.grads, ref.grads, rp.gradient.rtol, c["first_step_within"],
+                                       ref.gradient_noise, e.gradient_floor_ulps, e.multiplier)
+                row.update(noise_used=n["noise_used"], grad_noise_used=g["noise_used"], growth=n["growth"],
+                           steps_outside_noise=n["steps_outside"], noise_max=n["noise_max"],
+                           first_outside_noise=(n["first_outside"] or {}).get("global_step"))
+            else:
+                g = evidence.gradients(run.grads, ref.grads, rp.gradient.rtol, c["first_step_within"])
+            within = n["within"] if n is not None else c["within"]
             w = evidence.weights(run.weights, ref.weights)
             row.update({k: c[k] for k in ("max_abs_diff", "tol_used", "max_at_global_step", "bitwise_equal_steps")})
             row.update(grad_within=g["within"], grad_max_rel_err=g["max_rel_err"],
@@ -195,22 +225,26 @@ def evaluate(params, runs, costs=None):
                        grad_factor=g["factor"],
                        grad_summary=g["summary"], weights_max_abs_diff=w["max_abs_diff"],
                        weights_worst_tensor=w["worst_tensor"])
-            row["verdict"] = "equal" if c["within"] and g["within"] else "differs"
+            row["verdict"] = "equal" if within and g["within"] else "differs"
             if expected == "equal" and not g["within"]:
                 checks.append(f"{run.name}: expected equal to {ref.name}, but {g['summary']}")
-            if expected == "equal" and not c["within"]:
+            if expected == "equal" and not within:
                 why = ""
-                if g["within"]:  # the formula is right: say so, or a correct loss reads as a wrong one
+                if g["within"] and n is None:  # the formula is right: say so, or a correct loss reads as a wrong one
                     why = (f"; its step-1 gradients agree (max rel err {g['max_rel_err']:.2g}), so this is rounding "
                            "drift that training grew, not a wrong formula: compute in torch's order of operations "
-                           "(see losses/examples.py) or widen report.same_device")
-                checks.append(f"{run.name}: expected equal to {ref.name}, first broken at {describe(c)}{why}")
+                           "(see losses/examples.py), widen report.same_device, or judge by report.rule: envelope")
+                where = describe(c) if n is None else describe_noise(n, e.multiplier)
+                checks.append(f"{run.name}: expected equal to {ref.name}, first broken at {where}{why}")
             if expected == "differs" and row["verdict"] == "equal":
-                checks.append(f"{run.name}: expected to differ from {ref.name}, but every step is within "
-                              f"tolerance (max |diff| {c['max_abs_diff']:.3g}) and so is every step-1 gradient: "
-                              "this check cannot fail")
+                bound = (f"{e.multiplier:g}x its reference's rounding noise (used {n['noise_used']:.2g})" if n else
+                         f"tolerance (max |diff| {c['max_abs_diff']:.3g})")
+                checks.append(f"{run.name}: expected to differ from {ref.name}, but every step is within {bound} "
+                              "and so is every step-1 gradient: this check cannot fail")
         else:
             row.update(verdict="reference", max_abs_diff=0.0, tol_used=0.0, bitwise_equal_steps=run.info["steps"])
+            if run.noise is not None:  # how large its own rounding noise grew, for the report
+                row["noise_max"] = float(evidence.noise(run.noise, run.losses(), rp.envelope.floor_ulps).max())
         if run.info["weights_changed"] != run.info["updates_weights"]:
             checks.append(f"{run.name}: weights {'changed' if run.info['weights_changed'] else 'did not change'}"
                           f", expected them {'to change' if run.info['updates_weights'] else 'unchanged'}")
@@ -242,7 +276,7 @@ def evaluate(params, runs, costs=None):
 
 # What `dvc metrics show / diff` and `dvc exp show` print: numbers, flags and one-word verdicts, in units that
 # stay readable at DVC's default 5 decimals. Sentences, platforms and reasons live in summary.json and report.md.
-METRIC_FIELDS = ("passed", "verdict", "tol_used", "bitwise_equal_steps", "grad_tol_used", "weights_max_abs_diff",
+METRIC_FIELDS = ("passed", "verdict", "noise_used", "grad_noise_used", "tol_used", "bitwise_equal_steps", "grad_tol_used", "weights_max_abs_diff",
                  "repeats_identical", "median_step_ms", "cost_ratio", "cost_ratio_low", "cost_ratio_high")
 
 
@@ -258,6 +292,7 @@ def metrics(res):
 def summary(params, res):
     """reports/summary.json: every row in full, the tolerances and the platforms (what `make compare` reads)."""
     return {"passed": not res.failures, "failures": len(res.failures),
+            "rule": params.report.rule, "envelope": params.report.envelope.model_dump(),
             "tolerance": {"same_device": params.report.same_device.model_dump(),
                           "cross_device": params.report.cross_device.model_dump(),
                           "gradient": params.report.gradient.model_dump()},

@@ -79,3 +79,43 @@ class NumpyBCE(torch.autograd.Function):
         input, target = ctx.saved_tensors
         denom = ((1 - input) * input).clamp_min(1e-12)
         return grad_output * (input - target) / denom / input.numel(), None
+
+
+class _HuberOtherOrder(torch.autograd.Function):
+    """Huber's right formula, its backward multiplied in another order than torch's: a rounding-only difference."""
+
+    @staticmethod
+    def forward(ctx, input, target, delta):
+        ctx.save_for_backward(input, target)
+        ctx.delta = delta
+        d = (input - target).abs()  # (B, 784)
+        return torch.where(d < delta, 0.5 * d * d, delta * (d - 0.5 * delta)).mean()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, target = ctx.saved_tensors
+        g = (input - target).clamp(-ctx.delta, ctx.delta)
+        return grad_output * g / input.numel(), None, None  # torch: g * (1 / n) * grad
+
+
+class HuberOtherOrder(nn.Module):
+    """The example of a loss equal up to rounding: `equal` by the noise envelope, beyond a fixed 1e-5."""
+
+    def __init__(self, delta=1.0):
+        super().__init__()
+        self.delta = delta
+
+    def forward(self, input, target):
+        return _HuberOtherOrder.apply(input, target, self.delta)
+
+
+class HuberNoHalf(nn.Module):
+    """A negative control wrong by a little: Huber whose quadratic branch lacks its 0.5 (d^2, not d^2 / 2)."""
+
+    def __init__(self, delta=1.0):
+        super().__init__()
+        self.delta = delta
+
+    def forward(self, input, target):
+        d = (input - target).abs()  # (B, 784)
+        return torch.where(d < self.delta, d * d, self.delta * (d - 0.5 * self.delta)).mean()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from lossbench.config import load_params
 from lossbench.errors import run
-from lossbench.machines import host_name
 from lossbench.io import read_json, write_json
+from lossbench.machines import host_name
 
 
 def cost_stage(device, params_path, root, check_dir, out):

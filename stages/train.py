@@ -3,7 +3,8 @@
 Reads the configuration's check file (the loss, its code's digests, the device,
 the platform) and writes into ``<out>``: ``steps.csv`` (every step's loss, for
 every repeat), ``grads.npz`` (every parameter's step-1 gradient),
-``weights.npz`` (the final weights) and, last, ``run.json`` (status, params,
+``weights.npz`` (the final weights), for a reference under the noise rule its ensemble (``noise.csv``,
+each member's losses; ``gradient_noise.json``) and, last, ``run.json`` (status, params,
 digests, wall-clock, phases, platform). All through temporary files, so an
 interrupted or failed run leaves no steps.csv or run.json that looks complete.
 """
@@ -14,10 +15,10 @@ from pathlib import Path
 
 from lossbench.config import load_params
 from lossbench.errors import run
-from lossbench.machines import host_name
 from lossbench.io import read_json, write_json, write_steps, write_tensors
+from lossbench.machines import host_name
 
-OUTPUTS = ("run.json", "steps.csv", "grads.npz", "weights.npz")
+OUTPUTS = ("run.json", "steps.csv", "grads.npz", "weights.npz", "noise.csv", "gradient_noise.json")
 
 
 def train_stage(check_path, params_path, root, out):
@@ -45,10 +46,14 @@ def train_stage(check_path, params_path, root, out):
     record |= {"params": train.model_dump(exclude={"losses", "devices"}), "loader": train.loader,
                "determinism": flags}
     spec = resolve(check["loss"], check["fn"], check["args"])
-    steps, result, tensors = train_config(spec, check["device"], train, root, check["config"])
+    members = (check.get("noise") or {}).get("members", 0)  # a reference's: its rounding-noise ensemble
+    steps, result, tensors = train_config(spec, check["device"], train, root, check["config"], members)
     write_steps(out / "steps.csv", steps)
     write_tensors(out / "grads.npz", tensors["grads"])
     write_tensors(out / "weights.npz", tensors["weights"])
+    if members:
+        write_steps(out / "noise.csv", tensors["noise"])
+        write_json(out / "gradient_noise.json", tensors["gradient_noise"])
     write_json(out / "run.json", {**record, **result})  # last: its presence marks a finished run
 
 

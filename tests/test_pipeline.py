@@ -274,6 +274,7 @@ def test_a_users_loss_is_a_dependency(repo):
 
     edit_params(root, add)
     log = sh(REPRO, root, env)
+    # only the new loss trains: its reference's stage, where the reference's noise ensemble is computed, does not
     assert ran(log) == CHECKS + ["cost@cpu", "cost@cuda", "report", "train@mine-cpu", "train@mine-cuda"]
     mine = metrics(root)["configs"]["mine-cpu"]
     assert mine["verdict"] == "equal" and mine["cost_ratio_low"] <= mine["cost_ratio"] <= mine["cost_ratio_high"]
@@ -308,3 +309,34 @@ def test_example_losses_equal_their_references_through_dvc_exp_run(repo):
         print(f"{cand}: max |diff| {row['max_abs_diff']:.3g}, bitwise-equal steps {row['bitwise_equal_steps']}")
     assert metrics(root)["passed"] is True
 
+
+# The noise envelope's separation, through the real pipeline (docs/envelope.md): the calibration losses, then the
+# held-out ones written after the rule was chosen. Each gets the verdict it should; the fixed 1e-5 gets one wrong.
+SEPARATION = {  # loss: (reference, verdict)
+    "numpy_mse": ("torch_mse", "equal"), "wrong_backward": ("torch_mse", "differs"),
+    "numpy_detached": ("torch_mse", "differs"), "huber_other_order": ("huber_ref", "equal"),
+    "huber_no_half": ("huber_ref", "differs"), "float64_mse": ("torch_mse", "equal"),
+    "row_mse": ("torch_mse", "equal"), "smoothed_mse": ("torch_mse", "differs"),
+    "biased_grad_mse": ("torch_mse", "differs"), "huber_wide_delta": ("huber_ref", "differs"),
+}
+
+
+def test_the_noise_envelope_separates_rounding_from_wrong_losses(repo):
+    root, env, _ = repo
+    sh("git add -A && git commit -qm 'state after the tests above' --allow-empty", root)
+    losses = ",".join(["torch_mse", "huber_ref", *SEPARATION])
+    log = sh(f"dvc exp run {MACHINE}/dvc.yaml -S 'train.losses=[{losses}]' -S 'train.devices=[cpu]' "
+             "-S train.repeats=1", root, env)
+    assert f"Running stage '{MACHINE}/dvc.yaml:train@huber_other_order-cpu'" in log
+    s = metrics(root)
+    assert s["passed"] is True, s["failures"]
+    c = s["configs"]
+    for loss, (ref, verdict) in SEPARATION.items():
+        row = c[f"{loss}-cpu"]
+        assert (row["reference"], row["verdict"]) == (ref, verdict), row
+        print(f"{loss}: noise used {row['noise_used']:.3g} (gradients {row['grad_noise_used']:.3g}), "
+              f"fixed-rule tol_used {row['tol_used']:.3g}, growth {row['growth']}")
+    equal = [c[f"{l}-cpu"] for l, (_, v) in SEPARATION.items() if v == "equal"]
+    assert max(r["noise_used"] for r in equal) < 0.5  # a margin of 2x at least, on the side of the right ones
+    # a right loss the fixed tolerance calls wrong: the other-order Huber drifts past 1e-5 with bitwise-right maths
+    assert c["huber_other_order-cpu"]["tol_used"] > 1 and c["huber_other_order-cpu"]["noise_used"] < 1

@@ -94,6 +94,13 @@ def test_trajectory_beyond_tolerance_names_config_step_and_values(work):
         s.loc[(s["repeat"] == 2) & (s["global_step"] == 5), "loss"] += 1e-3  # repeats stay identical
 
     edit_steps(work, "numpy_mse-cpu", bump)
+    res = evaluate(work)  # the default rule: the reference's own rounding noise
+    assert len(res.failures) == 1 and res.failures[0].startswith(
+        "numpy_mse-cpu: expected equal to torch_mse-cpu, first broken at global step 5: |diff| 0.001 > 2x its "
+        "reference's rounding noise (")
+    assert res.failures[0].endswith(f"; 1 steps outside, at most {res.configs['numpy_mse-cpu']['noise_used']:.3g}x")
+    assert res.configs["numpy_mse-cpu"]["passed"] is False and res.configs["numpy_mse-cpu"]["first_outside_noise"] == 5
+    set_params(work, lambda p: p["report"].update(rule="fixed"))  # the fixed tolerance, as an explicit override
     res = evaluate(work)
     assert len(res.failures) == 1
     assert res.failures[0].startswith("numpy_mse-cpu: expected equal to torch_mse-cpu, first broken at global "
@@ -172,6 +179,7 @@ def test_gradient_check_names_a_scaled_backward_at_step_1(work):
 def test_gradient_check_alone_catches_it_when_the_trajectory_passes(work):
     """With a trajectory tolerance so loose that every step passes, step 1's gradients still fail it."""
     def loose(p):
+        p["report"]["rule"] = "fixed"
         p["report"]["same_device"]["atol"] = 1.0
         p["losses"]["wrong_backward_expected_equal"] = {"fn": "wrong_backward", "expect": "equal"}
         p["train"]["losses"] = [l if l != "wrong_backward" else "wrong_backward_expected_equal" for l in LOSSES]
@@ -206,6 +214,12 @@ def test_each_loss_is_judged_against_its_own_reference(work):
     set_params(work, refs)
     for d in ("cpu", "cuda"):
         (work / "runs" / f"functional_mse-{d}").rename(work / "runs" / f"fmse-{d}")
+    # module_mse ran as a candidate, without the ensemble a reference trains under the noise rule: not judged
+    res = evaluate(work)
+    assert res.failures == ["fmse-cpu: its reference module_mse-cpu has no noise ensemble (report.rule is envelope): "
+                            "re-run it (`dvc repro -f -s results/<machine>/dvc.yaml:train@module_mse-cpu`)"]
+    assert res.configs["fmse-cpu"]["verdict"] == "not judged"
+    set_params(work, lambda p: p["report"].update(rule="fixed"))
     res = evaluate(work)
     assert res.failures == []
     assert res.configs["fmse-cpu"]["reference"] == "module_mse" and res.configs["fmse-cpu"]["verdict"] == "equal"
