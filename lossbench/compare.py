@@ -119,7 +119,7 @@ def diff(a, b, factor):
         ia, ib = ca.get("cost_step_ms"), cb.get("cost_step_ms")
         ta, tb = (ia[0], ib[0]) if ia and ib else (ca.get("median_step_ms"), cb.get("median_step_ms"))
         ratio = tb / ta if ta and tb else None
-        same = pa == pb
+        same = pa == pb and pa is not None  # neither ran: no platform to compare
         note = ""
         if ratio is not None:
             note = "" if same else "platforms differ: not comparable"
@@ -142,7 +142,7 @@ def diff(a, b, factor):
         tables[name] = pd.DataFrame(
             {"A": [_verdict(ca), _num(ca.get("max_abs_diff"), ".3g"), _ms(ia, ta), pa or "-"],
              "B": [_verdict(cb), _num(cb.get("max_abs_diff"), ".3g"), _ms(ib, tb), pb or "-"],
-             "B / A": ["", "", _num(ratio, ".2f") + (f" ({note})" if note else ""), "same" if same else "DIFFERENT"]},
+             "B / A": ["", "", _num(ratio, ".2f") + (f" ({note})" if note else ""), "same" if same else "-" if pa is None and pb is None else "DIFFERENT"]},
             index=["verdict", "max |diff|", "timed step (ms)", "platform"])
         tables[name].loc["reference"] = [ca.get("reference") or "-", cb.get("reference") or "-",
                                          "new at B" if not ca else "absent at B" if not cb else

@@ -96,7 +96,11 @@ def import_fn(fn):
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise UserError(f"cannot import module {module_name!r} ({e})") from e
+        missing = isinstance(e, ModuleNotFoundError) and module_name.startswith(e.name or "\0")
+        if missing:  # the module itself (or its package) is not there
+            raise UserError(f"cannot import module {module_name!r} ({e})") from e
+        # raised while importing it: an import inside the user's file failed, say where
+        raise UserError(f"importing {module_name!r} raised {raised(e)}") from e
     except Exception as e:  # the user's module itself is broken (SyntaxError, NameError, ...): say which
         raise UserError(f"importing {module_name!r} raised {raised(e)}") from e
     try:

@@ -82,7 +82,7 @@ def build(machines, tolerance):
 
 def _cell(row):
     if row is None:
-        return ""
+        return "not in its matrix"  # that machine's params did not name it when it last ran
     if row["status"] != "ran":
         return "not run"  # why: once per machine and device, below the table
     cell = row.get("verdict", "")

@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ruamel.yaml import YAML
@@ -54,10 +55,17 @@ def dvc_repro(*args):
 
 def repro(extra):
     link = ensure()
-    rc = dvc_repro(*extra, str(link)) or overview()
+    report = link.parent / "report" / "report.md"
+    started = time.time()
+    rc = dvc_repro(*extra, str(link))
+    if rc != 0:
+        if report.is_file() and report.stat().st_mtime >= started:  # the report ran and failed: say where it is
+            print(f"lossbench: this machine's report (FAIL): {report}", file=sys.stderr)
+        return rc
+    rc = overview()
     if rc == 0:
-        print(f"lossbench: this machine's report: {link.parent}/report/report.md; every machine's: "
-              "reports/overview.md (`make push` shares this machine's results)", file=sys.stderr)
+        print(f"lossbench: this machine's report: {report}; every machine's: reports/overview.md "
+              "(`make push` shares this machine's results)", file=sys.stderr)
     return rc
 
 
@@ -123,7 +131,9 @@ def push():
     dirty = uncommitted(inputs(here))
     if dirty:  # results of code or params Git does not have: no other machine could reproduce or read them right
         raise UserError(f"commit these first, the results depend on them: {', '.join(dirty[:5])}"
-                        + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else ""))
+                        + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
+                        + f" (`git commit -m '...' -- {' '.join(dirty)}`, then `make push` again: it commits "
+                        f"and pushes {here}/ itself)")
     remote, url = remote_url()
     # outputs first: a commit on Git never names results the remote lacks
     sh("dvc", "push", "--run-cache", str(here / "dvc.yaml"), what=f"dvc push to remote {remote!r} ({url})")
@@ -161,12 +171,12 @@ def pull():
     sh("dvc", "pull", "--run-cache", "--allow-missing", what=f"dvc pull from remote {remote!r} ({url})")
     missing = []
     for lock in sorted(Path(RESULTS).glob("*/dvc.lock")):
-        for stage, outs in lock_outs(lock).items():
-            if any(not p.exists() for p in outs):
-                missing.append(stage)
-                print(f"machines: {lock.parent}: {stage}: its outputs are not in the remote {url}: machine "
-                      f"{lock.parent.name!r} must `make push` (its report/ is in Git and the overview shows it)",
-                      file=sys.stderr)
+        stages = [stage for stage, outs in lock_outs(lock).items() if any(not p.exists() for p in outs)]
+        missing += stages
+        if stages:  # one line a machine: its report/ came with Git; only its raw outputs are absent
+            print(f"machines: {lock.parent}: {len(stages)} stage(s) whose outputs are not in the remote {url} "
+                  f"({stages[0]}{', ...' if len(stages) > 1 else ''}): machine {lock.parent.name!r} must "
+                  "`make push` (its report/ is in Git and the overview shows it)", file=sys.stderr)
     print(f"machines: pulled from {url}" + (f" ({len(missing)} stage(s) missing)" if missing else ""),
           file=sys.stderr)
 

@@ -44,7 +44,7 @@ def report(params_path, runs_dir, cost_dir, out):
     write_json(out / "summary.json", summary(params, res))
     write_text(out / "report.md", markdown(params, res, images))
     if res.failures:
-        sys.exit("report: FAIL\n  " + "\n  ".join(res.failures))
+        sys.exit(f"report: FAIL ({out / 'report.md'})\n  " + "\n  ".join(res.failures))
     print(f"report: PASS ({out / 'report.md'})", file=sys.stderr)
 
 

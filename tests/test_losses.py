@@ -234,3 +234,18 @@ def test_source_of_a_loss():
     build("torch.nn:HuberLoss")
     assert source("torch.nn:HuberLoss") == {"package": "torch", "version": torch.__version__.split("+")[0]} or \
         source("torch.nn:HuberLoss")["version"] == torch.__version__
+
+
+def test_an_import_that_fails_inside_a_users_module_names_its_file_and_line(tmp_path, monkeypatch):
+    from lossbench.errors import UserError
+    from lossbench.losses import import_fn
+
+    (tmp_path / "brokenimport_pkg.py").write_text("import numpy\nimport no_such_dependency_zz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as e:
+        import_fn("brokenimport_pkg:f")
+    assert str(e.value) == ("importing 'brokenimport_pkg' raised ModuleNotFoundError: No module named "
+                            "'no_such_dependency_zz' (at brokenimport_pkg.py:2)")
+    with pytest.raises(UserError, match=r"^cannot import module 'no_such_module_zz' \(No module named"):
+        import_fn("no_such_module_zz:f")

@@ -168,8 +168,11 @@ def test_uncommitted_loss_files_are_named_before_anything_is_pushed(machines, wo
     assert "results/a/dvc.yaml:train@mine-cpu" in ran(log)
     out = sh(f"{WORKFLOW} push", a, env_a, ok=False)
     assert out.returncode == 2 and out.stderr.strip() == (
-        "machines: commit these first, the results depend on them: losses/mine.py, params.yaml")
-    sh("git add losses/mine.py params.yaml && git commit -qm 'my loss'", a, env_a)
+        "machines: commit these first, the results depend on them: losses/mine.py, params.yaml (`git commit -m "
+        "'...' -- losses/mine.py params.yaml`, then `make push` again: it commits and pushes results/a/ itself)")
+    sh("git add losses/mine.py && git commit -qm 'my loss' -- losses/mine.py params.yaml", a, env_a)  # as it says
+    assert subprocess.run(["git", "show", "--name-only", "--format=", "HEAD"], cwd=a, capture_output=True, text=True,
+                          check=True).stdout.split() == ["losses/mine.py", "params.yaml"]
     pull(a, env_a)  # b pushed since: a's own uncommitted results/a/ ride through the rebase
     sh(f"{WORKFLOW} push", a, env_a)
     pull(b, env_b)
@@ -221,7 +224,9 @@ def test_a_run_missing_from_the_remote_is_named(machines, world):
     (tmp / "empty").mkdir()
     sh(f"dvc remote modify --local shared url {tmp / 'empty'}", e, env)
     out = sh(f"{WORKFLOW} pull", e, env)
-    assert ("machines: results/b: train@numpy_mse-cpu: its outputs are not in the remote " + str(tmp / "empty")
-            + ": machine 'b' must `make push` (its report/ is in Git and the overview shows it)") in out
+    assert re.search(r"machines: results/b: \d+ stage\(s\) whose outputs are not in the remote "
+                     + re.escape(str(tmp / "empty")) + r" \([^)]*\): machine 'b' must `make push` \(its report/ is "
+                     r"in Git and the overview shows it\)", out), out
+    assert out.count("machines: results/b:") == 1  # one line a machine, not one a stage
     log = sh(f"{WORKFLOW} overview", e, env)
     assert "overview: PASS (machines: a, b" in log

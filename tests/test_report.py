@@ -293,7 +293,7 @@ def test_main_writes_report_metrics_plots_and_pictures(work):
 
 def test_main_writes_the_report_then_exits_nonzero_on_failure(work):
     edit_steps(work, "functional_mse-cpu", lambda s: s.__setitem__("loss", s["loss"] * 2))
-    with pytest.raises(SystemExit, match=r"report: FAIL\n  functional_mse-cpu: expected equal"):
+    with pytest.raises(SystemExit, match=r"report: FAIL \(.*report.md\)\n  functional_mse-cpu: expected equal"):
         run_report(work)
     md = (work / "out" / "report.md").read_text()
     assert "**Result: FAIL (1)**" in md and "## Failures" in md
