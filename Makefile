@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help repro overview test bench compare remote push pull docker docker-repro docker-test gpu-pack gpu-check clean
+.PHONY: help repro overview test test-rest test-all bench compare remote push pull docker docker-repro docker-test gpu-pack gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -23,7 +23,13 @@ repro: $(STAMP)  ## run this machine's pipeline (results/<machine>/): check, tra
 overview: $(STAMP)  ## the overview over every machine's committed report (trains nothing)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lossbench.workflow overview
 
-test: $(STAMP)  ## run the test suite
+test: $(STAMP)  ## the fast tier (~2 min): every unit, the check, evidence, report, compare, one small make repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-rest: $(STAMP)  ## the slow tier alone (~9 min): the full pipeline on real MNIST, many machines, the golden
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: $(STAMP)  ## both tiers: every test
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## data paths side by side, the cost table with intervals, a cold dvc repro -f vs its loops

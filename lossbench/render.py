@@ -218,7 +218,9 @@ def markdown(params, res, images):
         lines.append("")
     if res.cross:
         lines += ["### Across devices", "",
-                  f"Tolerance: {rp.cross_device.atol:g} + {rp.cross_device.rtol:g} * |ref|.", "",
+                  ("Rule `envelope`: within " f"{rp.envelope.multiplier:g}x the larger of the two devices' rounding "
+                   "noise of the loss's reference; rule `fixed` (where a device has no ensemble): "
+                   f"{rp.cross_device.atol:g} + {rp.cross_device.rtol:g} * |ref|."), "",
                   pd.DataFrame([{"loss pair": k, **v} for k, v in res.cross.items()]).to_markdown(index=False), ""]
     timed = {key: r for key, r in res.configs.items() if "phases_ms" in r}
     if timed:

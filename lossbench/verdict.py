@@ -267,10 +267,22 @@ def evaluate(params, runs, costs=None):
             c = evidence.trajectory(other.losses(), base.losses(), rp.cross_device.atol, rp.cross_device.rtol,
                                     base.steps)
             key = f"{loss}:{base.device}-vs-{other.device}"
-            res.cross[key] = {"max_abs_diff": c["max_abs_diff"], "tol_used": c["tol_used"],
-                              "bitwise_equal_steps": c["bitwise_equal_steps"], "passed": c["within"]}
-            if not c["within"]:
+            row = {"max_abs_diff": c["max_abs_diff"], "tol_used": c["tol_used"],
+                   "bitwise_equal_steps": c["bitwise_equal_steps"], "passed": c["within"], "rule": "fixed"}
+            # the noise rule where both devices have the noise of the loss's reference: the larger of the two
+            refs = [runs.get((plan[loss].reference or loss, d)) for d in (base.device, other.device)]
+            if rp.rule == "envelope" and all(r is not None and r.noise is not None for r in refs):
+                e = rp.envelope
+                level = np.maximum(*(evidence.noise(r.noise, r.losses(), e.floor_ulps) for r in refs))
+                n = evidence.within_noise(other.losses(), base.losses(), level, e.multiplier, base.steps)
+                row.update(rule="envelope", passed=n["within"], noise_used=n["noise_used"],
+                           first_outside_noise=(n["first_outside"] or {}).get("global_step"))
+                if not n["within"]:
+                    res.failures.append(f"{other.name} vs {base.name}: first broken at "
+                                        f"{describe_noise(n, e.multiplier)} (both devices' noise, the larger)")
+            elif not c["within"]:
                 res.failures.append(f"{other.name} vs {base.name}: first broken at {describe(c)}")
+            res.cross[key] = row
     return res
 
 
@@ -285,7 +297,7 @@ def metrics(res):
     return {"passed": not res.failures, "failures": len(res.failures),
             "configs": {k: {f: row[f] for f in METRIC_FIELDS if row.get(f) is not None}
                         for k, row in res.configs.items() if row["status"] == "ran"},
-            "cross_device": {k: {f: v[f] for f in ("passed", "tol_used", "bitwise_equal_steps")}
+            "cross_device": {k: {f: v[f] for f in ("passed", "noise_used", "tol_used", "bitwise_equal_steps") if f in v}
                              for k, v in res.cross.items()}}
 
 

@@ -106,3 +106,24 @@ def copy_tree(src, dst, names):
         target = Path(dst) / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(Path(src) / name, target, follow_symlinks=False)  # results/<machine>/dvc.yaml stays a link
+
+
+def project_copy(dst, exclude=("data/", "results/")):
+    """What a fresh clone of this repository holds (its tracked and new files, no outputs), copied to ``dst``,
+    made a Git repository; returns ``dst``."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    keep = [f for f in files if ((ROOT / f).is_file() or (ROOT / f).is_symlink()) and not f.startswith(exclude)]
+    copy_tree(ROOT, dst, keep + ["data/.gitignore"])
+    subprocess.run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init", shell=True,
+                   cwd=dst, check=True, capture_output=True)
+    return Path(dst)
+
+
+def edit_params(path, fn):
+    """params.yaml edited by ``fn(dict)``, as a user would (the file's other keys unchanged)."""
+    p = yaml.safe_load(Path(path).read_text())
+    fn(p)
+    Path(path).write_text(yaml.safe_dump(p, sort_keys=False))

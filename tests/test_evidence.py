@@ -1,6 +1,7 @@
 """The gradient evidence's words, from made-up gradients."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from lossbench import evidence
@@ -30,3 +31,41 @@ def test_gradient_summary(grads, forward_equal, text):
 def test_weights_per_tensor():
     w = evidence.weights({"w": REF["w"] + 0.5, "b": REF["b"]}, REF)
     assert w["max_abs_diff"] == 0.5 and w["worst_tensor"] == "w" and w["tensors"]["b"] == 0.0
+
+
+def test_the_noise_is_the_running_largest_member_spread_floored_at_ulps_of_the_loss():
+    from lossbench.evidence import noise
+
+    ref = np.array([0.25, 0.2, 0.15, 0.1])
+    members = np.array([[0.25, 0.2 + 1e-6, 0.15, 0.1],  # (K, steps)
+                        [0.25, 0.2, 0.15 - 3e-7, 0.1 + 5e-8]])
+    level = noise(members, ref, floor_ulps=8)
+    floor = 8 * np.spacing(ref.astype(np.float32)).astype(np.float64)
+    assert level[0] == floor[0]  # step 1: the members are bitwise the reference, the floor carries it
+    assert level[1:] == pytest.approx([1e-6, 1e-6, 1e-6], rel=1e-9)  # the largest spread so far never shrinks
+    assert np.all(level >= floor)
+
+
+def test_within_noise_names_the_first_step_outside_and_the_share_used():
+    from lossbench.evidence import within_noise
+
+    steps = pd.DataFrame({"global_step": [1, 2, 3, 4]})
+    ref = np.array([0.25, 0.2, 0.15, 0.1])
+    level = np.array([1e-8, 1e-7, 1e-6, 1e-6])
+    inside = within_noise(ref + np.array([0, 1e-7, 1e-6, 0]), ref, level, 2.0, steps)
+    assert inside["within"] and inside["noise_used"] == pytest.approx(0.5) and inside["first_outside"] is None
+    out = within_noise(ref + np.array([0, 3e-7, 0, 0]), ref, level, 2.0, steps)
+    assert not out["within"] and out["steps_outside"] == 1
+    assert out["first_outside"] == {"global_step": 2, "abs_diff": pytest.approx(3e-7), "bound": pytest.approx(2e-7)}
+    assert out["growth"] is None  # fewer than 10 steps to fit: no growth figure rather than a noisy one
+
+
+def test_gradients_within_noise_decide_by_each_tensors_own_noise():
+    from lossbench.evidence import gradients
+
+    ref = {"w": np.array([1e-3, -2e-3], dtype=np.float32), "b": np.array([0.0], dtype=np.float32)}
+    spread = {"w": 1e-9, "b": 0.0}
+    ok = gradients({"w": ref["w"] + np.float32(1e-9), "b": ref["b"]}, ref, 1e-4, True, spread, 8, 2.0)
+    assert ok["within"] and 0 < ok["noise_used"] <= 1 and "rounding noise" in ok["summary"]
+    bad = gradients({"w": ref["w"] * 2, "b": ref["b"]}, ref, 1e-4, True, spread, 8, 2.0)
+    assert not bad["within"] and bad["factor"] == pytest.approx(2.0) and bad["noise_used"] > 1e3

@@ -8,7 +8,7 @@ from PIL import Image
 
 from lossbench.config import load_params
 from lossbench.configuration import matrix
-from lossbench import verdict
+from lossbench import evidence, verdict
 from stages import report
 from tests.conftest import ROOT, check_files, cost_file, small_params, train_config, write_idx
 
@@ -309,3 +309,29 @@ def test_reading_params_judging_and_comparing_import_no_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
+
+
+def test_across_devices_each_loss_is_judged_by_both_devices_noise(work):
+    """A second device made from the first: a rounding-sized difference passes, a larger one fails, by the noise."""
+    for loss in LOSSES:
+        shutil.rmtree(work / "runs" / f"{loss}-cuda")
+        shutil.copytree(work / "runs" / f"{loss}-cpu", work / "runs" / f"{loss}-cuda")
+    res = evaluate(work)
+    pair = res.cross["numpy_mse:cpu-vs-cuda"]
+    assert pair["rule"] == "envelope" and pair["passed"] and pair["noise_used"] == 0.0
+    ref = verdict.load_run(work / "runs" / "torch_mse-cpu", "torch_mse", "cpu")
+    level = evidence.noise(ref.noise, ref.losses(), load_params(work / "params.yaml").report.envelope.floor_ulps)
+
+    def shift(by):
+        def f(s):
+            s.loc[s["global_step"] == 10, "loss"] += by
+        return f
+    edit_steps(work, "numpy_mse-cuda", shift(level[9]))  # half of 2x the noise at step 10: inside
+    res = evaluate(work)
+    assert res.cross["numpy_mse:cpu-vs-cuda"]["noise_used"] == pytest.approx(0.5, rel=0.2)
+    assert res.cross["numpy_mse:cpu-vs-cuda"]["passed"], res.cross["numpy_mse:cpu-vs-cuda"]
+    edit_steps(work, "numpy_mse-cuda", shift(1e-2))
+    res = evaluate(work)
+    assert not res.cross["numpy_mse:cpu-vs-cuda"]["passed"]
+    assert any(f.startswith("numpy_mse-cuda vs numpy_mse-cpu: first broken at global step 10: |diff| ") and
+               f.endswith("(both devices' noise, the larger)") for f in res.failures)
