@@ -23,10 +23,10 @@ repro: $(STAMP)  ## run this machine's pipeline (results/<machine>/): check, tra
 overview: $(STAMP)  ## the overview over every machine's committed report (trains nothing)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lossbench.workflow overview
 
-test: $(STAMP)  ## the fast tier (~2 min): every unit, the check, evidence, report, compare, one small make repro
+test: $(STAMP)  ## the fast tier (~1 min): every unit, the check, evidence, report, compare, one small make repro
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-rest: $(STAMP)  ## the slow tier alone (~9 min): the full pipeline on real MNIST, many machines, the golden
+test-rest: $(STAMP)  ## the slow tier alone (~8 min): the full pipeline on real MNIST, many machines, the golden
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 test-all: $(STAMP)  ## both tiers: every test
