@@ -176,6 +176,12 @@ def evaluate(params, runs, costs=None):
     timed = cost_rows(params, costs or {})
     plan = params.plan()
     res = Result()
+    levels = {}  # a reference run's noise level, computed once for its candidates, its own row and the cross pairs
+
+    def level_of(r):
+        if r.name not in levels:
+            levels[r.name] = evidence.noise(r.noise, r.losses(), rp.envelope.floor_ulps)
+        return levels[r.name]
     for (loss, device), run in runs.items():
         judged = plan[loss]
         expected = "reference" if judged.reference is None else judged.expect
@@ -208,7 +214,7 @@ def evaluate(params, runs, costs=None):
             n = None
             if rp.rule == "envelope":  # the verdict: within the reference's own rounding noise
                 e = rp.envelope
-                level = evidence.noise(ref.noise, ref.losses(), e.floor_ulps)
+                level = level_of(ref)
                 n = evidence.within_noise(run.losses(), ref.losses(), level, e.multiplier, ref.steps)
                 g = evidence.gradients(run.grads, ref.grads, rp.gradient.rtol, c["first_step_within"],
                                        ref.gradient_noise, e.gradient_floor_ulps, e.multiplier)
@@ -244,7 +250,7 @@ def evaluate(params, runs, costs=None):
         else:
             row.update(verdict="reference", max_abs_diff=0.0, tol_used=0.0, bitwise_equal_steps=run.info["steps"])
             if run.noise is not None:  # how large its own rounding noise grew, for the report
-                row["noise_max"] = float(evidence.noise(run.noise, run.losses(), rp.envelope.floor_ulps).max())
+                row["noise_max"] = float(level_of(run).max())
         if run.info["weights_changed"] != run.info["updates_weights"]:
             checks.append(f"{run.name}: weights {'changed' if run.info['weights_changed'] else 'did not change'}"
                           f", expected them {'to change' if run.info['updates_weights'] else 'unchanged'}")
@@ -273,7 +279,7 @@ def evaluate(params, runs, costs=None):
             refs = [runs.get((plan[loss].reference or loss, d)) for d in (base.device, other.device)]
             if rp.rule == "envelope" and all(r is not None and r.noise is not None for r in refs):
                 e = rp.envelope
-                level = np.maximum(*(evidence.noise(r.noise, r.losses(), e.floor_ulps) for r in refs))
+                level = np.maximum(*(level_of(r) for r in refs))
                 n = evidence.within_noise(other.losses(), base.losses(), level, e.multiplier, base.steps)
                 row.update(rule="envelope", passed=n["within"], noise_used=n["noise_used"],
                            first_outside_noise=(n["first_outside"] or {}).get("global_step"))

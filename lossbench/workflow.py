@@ -103,10 +103,15 @@ def git_remote():
     return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
+def lock_stages(lock):
+    """A machine's dvc.lock, stage by stage: read only, nothing here edits a lock."""
+    return (YAML(typ="safe").load(Path(lock)) or {}).get("stages", {})
+
+
 def inputs(here):
     """What this machine's results depend on, from the repository root: every dependency and params file its
     dvc.lock names, the pipeline, and each loss's own files (the check records name them)."""
-    stages = (YAML(typ="safe").load(here / "dvc.lock") or {}).get("stages", {})  # read only: nothing edits a lock
+    stages = lock_stages(here / "dvc.lock")
     paths = {"dvc.yaml", PIPELINE}
     for stage in stages.values():
         paths |= {os.path.normpath(here / d["path"]) for d in stage.get("deps", [])}
@@ -157,8 +162,7 @@ def push():
 
 def lock_outs(lock):
     """Each stage of one machine's dvc.lock -> the paths of its outputs, relative to the repository."""
-    stages = (YAML(typ="safe").load(Path(lock)) or {}).get("stages", {})
-    return {s: [Path(lock).parent / o["path"] for o in d.get("outs", [])] for s, d in stages.items()}
+    return {s: [Path(lock).parent / o["path"] for o in d.get("outs", [])] for s, d in lock_stages(lock).items()}
 
 
 def pull():
