@@ -124,15 +124,15 @@ def repro_overhead(python_bin):
         runs = [json.loads(p.read_text()) for p in sorted((here / "runs").glob("*/run.json"))]
         costs = [json.loads(p.read_text()) for p in sorted((here / "cost").glob("*.json"))]
     train = sum(r["total_seconds"] for run in runs if run["status"] == "ran" for r in run["repeats"])
-    ensembles = [run["noise"] for run in runs if run["status"] == "ran" and run.get("noise")]
-    noise = sum(e["seconds"] for e in ensembles)  # the references' rounding-noise members (report.envelope)
+    ensembles = [run["envelope"] for run in runs if run["status"] == "ran" and run.get("envelope")]
+    noise = sum(e["seconds"] + e["fp64_seconds"] for e in ensembles)  # the references' envelopes (report.envelope)
     train += noise
     timing = sum(c["loop_seconds"] for c in costs if c["status"] == "ran")
     ran = sum(run["status"] == "ran" for run in runs)
     print(f"## Cold `dvc repro -f` ({len(runs)} configurations, {ran} run here)")
     print(f"  wall {wall:.1f} s; training loops {train:.1f} s + timing loops {timing:.1f} s = {train + timing:.1f} s")
-    print(f"  of the training loops, the references' noise ensembles: {noise:.1f} s ({len(ensembles)} references x "
-          f"{ensembles[0]['members'] if ensembles else 0} members)")
+    print(f"  of the training loops, the references' envelopes: {noise:.1f} s ({len(ensembles)} references x "
+          f"({ensembles[0]['members'] if ensembles else 0} members + 1 float64 run))")
     print(f"  wall / loops: {wall / (train + timing):.2f}x (goal <= 1.5x); the rest is one torch import per "
           f"process that trains or times ({ran} + 1 + a check stage per device), the download's digests, the report, "
           "the overview")

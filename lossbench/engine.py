@@ -49,10 +49,11 @@ def nudge(model, member):
 class Trainer:
     """Seeded model, Adam and the loss on one device; ``step`` is the tutorial's step."""
 
-    def __init__(self, make_loss, device, lr, seed, member=0):
+    def __init__(self, make_loss, device, lr, seed, member=0, dtype=torch.float32):
         determinism.seed_everything(seed)
         self.device = device
-        self.model = task.model().to(device)  # built right after seeding, then moved
+        self.dtype = dtype  # float64: the reference's higher-precision run, a diagnostic (docs/envelope.md)
+        self.model = task.model().to(device, dtype)  # built right after seeding, then moved (float32 -> float64 exact)
         if member:  # a member of the reference's noise ensemble: the same run, one rounding apart at the start
             nudge(self.model, member)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
@@ -60,6 +61,7 @@ class Trainer:
 
     def loss(self, x, where, mark=_no_mark):
         """Forward and loss on ``x`` (B, 784), input and target; the model's output and the loss tensor."""
+        x = x.to(self.dtype)  # the same tensor in float32 (a no-op); exact in float64
         out = self.model(x)  # (B, 784)
         mark()
         try:

@@ -70,6 +70,15 @@ def within_noise(values, ref, level, multiplier, steps):
             "first_outside": first, "growth": growth, "noise_max": float(level.max())}
 
 
+def against_fp64(values, ref, fp64):
+    """The diagnostic beside the verdict: the candidate's and its reference's largest distance from the
+    reference's float64 run, and their ratio (torch._dynamo's accuracy check passes fp32 below 2x). One
+    float64 run is one sample of a chaotic process, so this informs and the envelope decides."""
+    cand, own = float(np.abs(values - fp64).max()), float(np.abs(ref - fp64).max())
+    return {"fp64_max_diff": cand, "ref_fp64_max_diff": own,
+            "fp64_ratio": cand / own if own > 0 else (0.0 if cand == 0 else float("inf"))}
+
+
 def gradient_noise(member_grads, ref):
     """Per parameter, the members' largest |g_member - g_ref| at step 1: the gradients' own rounding noise."""
     return {k: float(max(np.abs(g[k].astype(np.float64) - ref[k]).max() for g in member_grads)) for k in ref}

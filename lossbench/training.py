@@ -36,7 +36,7 @@ def _at(label, epoch, step, global_step):
     return f"{label}, epoch {epoch}, step {step} (global step {global_step})"
 
 
-def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=None, member=0):
+def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=None, member=0, dtype=torch.float32):
     """The tutorial's loop. Returns the steps table and the weights (digests, final tensors).
 
     ``batches()`` yields one epoch of (B, 784) tensors on ``device``. The loss
@@ -45,7 +45,7 @@ def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=No
     step is timed by the clock's marks around it (CUDA events on CUDA), all
     read once at the end.
     """
-    trainer = Trainer(make_loss, device, lr, seed, member)
+    trainer = Trainer(make_loss, device, lr, seed, member, dtype)
     start = weights_digest(trainer.model)
     clock = Clock(device)
     where, values, marks = [], [], []
@@ -60,7 +60,7 @@ def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=No
             if progress is not None:
                 progress.update()
     seconds = clock.elapsed(marks)[::2]  # (start, end) of each step; waits for the device once
-    losses = torch.stack(values).cpu().numpy().astype(np.float64)  # (steps,): exactly the float32 values
+    losses = torch.stack(values).cpu().numpy().astype(np.float64)  # (steps,): exactly the values, float32 or 64
     total = time.perf_counter() - t_start
     bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size:  # the first step whose loss is NaN or Inf, named as if it had stopped there
@@ -110,16 +110,17 @@ def step_stats(seconds, warmup):
 
 
 def train_config(spec, device, train, root, label, members=0):
-    """All repeats of one configuration and the gradient evidence; for a reference, its noise ensemble.
+    """All repeats of one configuration and the gradient evidence; for a reference, its envelope.
 
     Returns (steps, run, tensors): tensors holds ``grads`` (step 1) and ``weights`` (final, repeat 1),
-    and with ``members`` (a reference's) ``noise``: each member's losses, one column per member, and
-    ``gradient_noise``: per parameter, the members' largest step-1 gradient difference.
+    and with ``members`` (a reference's) ``envelope``: each member's losses, one column per member, and the
+    same run in float64 (column ``fp64``: a diagnostic, the decision is the members'), and
+    ``envelope_gradients``: per parameter, the members' largest step-1 gradient difference.
     """
     batches, per_epoch = task.batches(train.loader, root, device, train.batch_size)
     n_steps = train.epochs * per_epoch
     tables, repeats = [], []
-    with tqdm(total=n_steps * (train.repeats + members), desc=label, file=sys.stderr, mininterval=1) as bar:
+    with tqdm(total=n_steps * (train.repeats + members + bool(members)), desc=label, file=sys.stderr, mininterval=1) as bar:
         for r in range(1, train.repeats + 1):
             steps, info = run_once(spec.make, batches, device, train.epochs, train.lr,
                                    train.seed, f"{label} repeat {r}", bar)
@@ -135,6 +136,12 @@ def train_config(spec, device, train, root, label, members=0):
                                  f"{label} noise member {m}", bar, member=m)
             ensemble[f"member_{m}"] = member["loss"].to_numpy()
         noise_seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        if members:  # the same run in float64: how far float32 rounding carried the reference (a diagnostic)
+            oracle, _ = run_once(spec.make, batches, device, train.epochs, train.lr, train.seed,
+                                 f"{label} in float64", bar, dtype=torch.float64)
+            ensemble["fp64"] = oracle["loss"].to_numpy()
+        fp64_seconds = time.perf_counter() - t1
     grads = first_step_gradients(spec.make, batches, device, train.seed)
     first = repeats[0]
     run = {
@@ -149,11 +156,11 @@ def train_config(spec, device, train, root, label, members=0):
     }
     tensors = {"grads": grads, "weights": final}
     if members:
-        run["noise"] = {"members": members, "seconds": noise_seconds,
-                        "perturbation": "every initial weight moved by one ulp, up or down at random (signs "
-                        "seeded by the member's number)"}
-        tensors["noise"] = pd.DataFrame({"global_step": np.arange(1, n_steps + 1), **ensemble})
-        tensors["gradient_noise"] = evidence.gradient_noise(
+        run["envelope"] = {"members": members, "seconds": noise_seconds, "fp64_seconds": fp64_seconds,
+                           "perturbation": "every initial weight moved by one ulp, up or down at random (signs "
+                           "seeded by the member's number)"}
+        tensors["envelope"] = pd.DataFrame({"global_step": np.arange(1, n_steps + 1), **ensemble})
+        tensors["envelope_gradients"] = evidence.gradient_noise(
             [first_step_gradients(spec.make, batches, device, train.seed, member=m) for m in range(1, members + 1)],
             grads)
     return pd.concat(tables)[STEP_COLUMNS], run, tensors

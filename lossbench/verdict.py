@@ -31,8 +31,9 @@ class Run:
     steps: pd.DataFrame | None = None  # None when the configuration did not run
     grads: dict | None = None  # step-1 gradient per parameter
     weights: dict | None = None  # final weights per parameter
-    noise: np.ndarray | None = None  # a reference's ensemble: each member's losses, (K, steps)
-    gradient_noise: dict | None = None  # a reference's ensemble: per parameter, its step-1 gradient noise
+    members: np.ndarray | None = None  # a reference's envelope: each member's losses, (K, steps)
+    fp64: np.ndarray | None = None  # a reference's envelope: the same run in float64, (steps,) (a diagnostic)
+    member_gradients: dict | None = None  # a reference's envelope: per parameter, its step-1 gradient noise
 
     @property
     def name(self):
@@ -61,12 +62,14 @@ def load_run(run_dir, loss, device):
     if len(steps) != want:
         raise ReportError(f"{path}: {len(steps)} rows, expected {want} "
                           f"({info['steps']} steps x {len(info['repeats'])} repeats): an interrupted run?")
-    noise = gradient_noise = None
-    if (run_dir / "noise.csv").is_file():
-        noise = pd.read_csv(run_dir / "noise.csv").drop(columns="global_step").to_numpy().T  # (K, steps)
-        gradient_noise = read_json(run_dir / "gradient_noise.json")
+    members = fp64 = member_gradients = None
+    if (run_dir / "envelope.csv").is_file():
+        table = pd.read_csv(run_dir / "envelope.csv")
+        members = table.filter(like="member_").to_numpy().T  # (K, steps)
+        fp64 = table["fp64"].to_numpy()  # (steps,)
+        member_gradients = read_json(run_dir / "envelope_gradients.json")
     return Run(loss, device, info, steps, read_tensors(run_dir / "grads.npz"), read_tensors(run_dir / "weights.npz"),
-               noise, gradient_noise)
+               members, fp64, member_gradients)
 
 
 def load_runs(runs_dir, configurations):
@@ -119,6 +122,7 @@ class Result:
     cross: dict = field(default_factory=dict)  # loss -> cross-device row
     failures: list = field(default_factory=list)
     platforms: dict = field(default_factory=dict)  # device -> platform summary
+    bounds: dict = field(default_factory=dict)  # a reference's configuration key -> its per-step bound (envelope rule)
 
 
 def platform_summary(p, host=None):
@@ -180,7 +184,8 @@ def evaluate(params, runs, costs=None):
 
     def level_of(r):
         if r.name not in levels:
-            levels[r.name] = evidence.noise(r.noise, r.losses(), rp.envelope.floor_ulps)
+            levels[r.name] = evidence.noise(r.members, r.losses(), rp.envelope.floor_ulps)
+            res.bounds[r.name] = rp.envelope.multiplier * levels[r.name]  # what the pictures draw
         return levels[r.name]
     for (loss, device), run in runs.items():
         judged = plan[loss]
@@ -204,9 +209,9 @@ def evaluate(params, runs, costs=None):
             res.failures.append(f"{run.name}: its reference {ref.name} has no result to compare with: "
                                 f"{ref.info.get('reason')}")
             continue
-        if ref is not None and rp.rule == "envelope" and ref.noise is None:
+        if ref is not None and rp.rule == "envelope" and ref.members is None:
             row.update(verdict="not judged", passed=False)
-            res.failures.append(f"{run.name}: its reference {ref.name} has no noise ensemble (report.rule is "
+            res.failures.append(f"{run.name}: its reference {ref.name} has no envelope (report.rule is "
                                 f"envelope): re-run it (`dvc repro -f -s results/<machine>/dvc.yaml:train@{ref.name}`)")
             continue
         if ref is not None:
@@ -217,10 +222,11 @@ def evaluate(params, runs, costs=None):
                 level = level_of(ref)
                 n = evidence.within_noise(run.losses(), ref.losses(), level, e.multiplier, ref.steps)
                 g = evidence.gradients(run.grads, ref.grads, rp.gradient.rtol, c["first_step_within"],
-                                       ref.gradient_noise, e.gradient_floor_ulps, e.multiplier)
+                                       ref.member_gradients, e.gradient_floor_ulps, e.multiplier)
                 row.update(noise_used=n["noise_used"], grad_noise_used=g["noise_used"], growth=n["growth"],
                            steps_outside_noise=n["steps_outside"], noise_max=n["noise_max"],
-                           first_outside_noise=(n["first_outside"] or {}).get("global_step"))
+                           first_outside_noise=(n["first_outside"] or {}).get("global_step"),
+                           **evidence.against_fp64(run.losses(), ref.losses(), ref.fp64))
             else:
                 g = evidence.gradients(run.grads, ref.grads, rp.gradient.rtol, c["first_step_within"])
             within = n["within"] if n is not None else c["within"]
@@ -249,8 +255,9 @@ def evaluate(params, runs, costs=None):
                               "and so is every step-1 gradient: this check cannot fail")
         else:
             row.update(verdict="reference", max_abs_diff=0.0, tol_used=0.0, bitwise_equal_steps=run.info["steps"])
-            if run.noise is not None:  # how large its own rounding noise grew, for the report
+            if run.members is not None:  # how large its own rounding noise grew, and its float64 run's distance
                 row["noise_max"] = float(level_of(run).max())
+                row["fp64_max_diff"] = float(np.abs(run.losses() - run.fp64).max())
         if run.info["weights_changed"] != run.info["updates_weights"]:
             checks.append(f"{run.name}: weights {'changed' if run.info['weights_changed'] else 'did not change'}"
                           f", expected them {'to change' if run.info['updates_weights'] else 'unchanged'}")
@@ -277,7 +284,7 @@ def evaluate(params, runs, costs=None):
                    "bitwise_equal_steps": c["bitwise_equal_steps"], "passed": c["within"], "rule": "fixed"}
             # the noise rule where both devices have the noise of the loss's reference: the larger of the two
             refs = [runs.get((plan[loss].reference or loss, d)) for d in (base.device, other.device)]
-            if rp.rule == "envelope" and all(r is not None and r.noise is not None for r in refs):
+            if rp.rule == "envelope" and all(r is not None and r.members is not None for r in refs):
                 e = rp.envelope
                 level = np.maximum(*(level_of(r) for r in refs))
                 n = evidence.within_noise(other.losses(), base.losses(), level, e.multiplier, base.steps)

@@ -36,9 +36,9 @@ def key(params_path, params, name, fn):
     return where if fn == name else f"{where} ({fn})"
 
 
-def noise(params, judged):
-    """A reference's noise ensemble, under the noise rule: what its train stage adds (None for a candidate, so
-    that the ensemble's settings never re-train one)."""
+def envelope(params, judged):
+    """A reference's envelope, under the envelope rule: what its train stage adds (None for a candidate, so
+    that the envelope's settings never re-train one)."""
     rp = params.report
     return {"members": rp.envelope.members} if judged.reference is None and rp.rule == "envelope" else None
 
@@ -70,7 +70,7 @@ def main_check(params_path, devices, out):
             # platform would otherwise take each other's runs (and timings) as their own
             record = {**loss, "config": config.key, "device": device, "machine": machine,
                       "available": reasons[device] is None, "reason": reasons[device],
-                      "platform": platform.for_device(host, device), "noise": noise(params, j)}
+                      "platform": platform.for_device(host, device), "envelope": envelope(params, j)}
             if reasons[device] is None:
                 problem = check(spec, device)
                 if problem:

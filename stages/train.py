@@ -3,8 +3,8 @@
 Reads the configuration's check file (the loss, its code's digests, the device,
 the platform) and writes into ``<out>``: ``steps.csv`` (every step's loss, for
 every repeat), ``grads.npz`` (every parameter's step-1 gradient),
-``weights.npz`` (the final weights), for a reference under the noise rule its ensemble (``noise.csv``,
-each member's losses; ``gradient_noise.json``) and, last, ``run.json`` (status, params,
+``weights.npz`` (the final weights), for a reference under the envelope rule its envelope (``envelope.csv``,
+each member's losses and the float64 run's; ``envelope_gradients.json``) and, last, ``run.json`` (status, params,
 digests, wall-clock, phases, platform). All through temporary files, so an
 interrupted or failed run leaves no steps.csv or run.json that looks complete.
 """
@@ -18,7 +18,7 @@ from lossbench.errors import run
 from lossbench.io import read_json, write_json, write_steps, write_tensors
 from lossbench.machines import host_name
 
-OUTPUTS = ("run.json", "steps.csv", "grads.npz", "weights.npz", "noise.csv", "gradient_noise.json")
+OUTPUTS = ("run.json", "steps.csv", "grads.npz", "weights.npz", "envelope.csv", "envelope_gradients.json")
 
 
 def train_stage(check_path, params_path, root, out):
@@ -46,14 +46,14 @@ def train_stage(check_path, params_path, root, out):
     record |= {"params": train.model_dump(exclude={"losses", "devices"}), "loader": train.loader,
                "determinism": flags}
     spec = resolve(check["loss"], check["fn"], check["args"])
-    members = (check.get("noise") or {}).get("members", 0)  # a reference's: its rounding-noise ensemble
+    members = (check.get("envelope") or {}).get("members", 0)  # a reference's: its rounding-noise ensemble
     steps, result, tensors = train_config(spec, check["device"], train, root, check["config"], members)
     write_steps(out / "steps.csv", steps)
     write_tensors(out / "grads.npz", tensors["grads"])
     write_tensors(out / "weights.npz", tensors["weights"])
     if members:
-        write_steps(out / "noise.csv", tensors["noise"])
-        write_json(out / "gradient_noise.json", tensors["gradient_noise"])
+        write_steps(out / "envelope.csv", tensors["envelope"])
+        write_json(out / "envelope_gradients.json", tensors["envelope_gradients"])
     write_json(out / "run.json", {**record, **result})  # last: its presence marks a finished run
 
 

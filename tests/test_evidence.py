@@ -69,3 +69,13 @@ def test_gradients_within_noise_decide_by_each_tensors_own_noise():
     assert ok["within"] and 0 < ok["noise_used"] <= 1 and "rounding noise" in ok["summary"]
     bad = gradients({"w": ref["w"] * 2, "b": ref["b"]}, ref, 1e-4, True, spread, 8, 2.0)
     assert not bad["within"] and bad["factor"] == pytest.approx(2.0) and bad["noise_used"] > 1e3
+
+
+def test_against_fp64_is_the_candidates_distance_as_a_share_of_the_references_own():
+    from lossbench.evidence import against_fp64
+
+    fp64 = np.array([1.0, 0.5, 0.25])
+    d = against_fp64(fp64 + [0, 4e-7, 0], fp64 + [0, 0, 2e-7], fp64)
+    assert (d["fp64_max_diff"], d["ref_fp64_max_diff"]) == (pytest.approx(4e-7), pytest.approx(2e-7))
+    assert d["fp64_ratio"] == pytest.approx(2.0)
+    assert against_fp64(fp64, fp64, fp64)["fp64_ratio"] == 0.0  # all three the same: no distance to share

@@ -216,7 +216,7 @@ def test_each_loss_is_judged_against_its_own_reference(work):
         (work / "runs" / f"functional_mse-{d}").rename(work / "runs" / f"fmse-{d}")
     # module_mse ran as a candidate, without the ensemble a reference trains under the noise rule: not judged
     res = evaluate(work)
-    assert res.failures == ["fmse-cpu: its reference module_mse-cpu has no noise ensemble (report.rule is envelope): "
+    assert res.failures == ["fmse-cpu: its reference module_mse-cpu has no envelope (report.rule is envelope): "
                             "re-run it (`dvc repro -f -s results/<machine>/dvc.yaml:train@module_mse-cpu`)"]
     assert res.configs["fmse-cpu"]["verdict"] == "not judged"
     set_params(work, lambda p: p["report"].update(rule="fixed"))
@@ -320,7 +320,7 @@ def test_across_devices_each_loss_is_judged_by_both_devices_noise(work):
     pair = res.cross["numpy_mse:cpu-vs-cuda"]
     assert pair["rule"] == "envelope" and pair["passed"] and pair["noise_used"] == 0.0
     ref = verdict.load_run(work / "runs" / "torch_mse-cpu", "torch_mse", "cpu")
-    level = evidence.noise(ref.noise, ref.losses(), load_params(work / "params.yaml").report.envelope.floor_ulps)
+    level = evidence.noise(ref.members, ref.losses(), load_params(work / "params.yaml").report.envelope.floor_ulps)
 
     def shift(by):
         def f(s):
@@ -335,3 +335,26 @@ def test_across_devices_each_loss_is_judged_by_both_devices_noise(work):
     assert not res.cross["numpy_mse:cpu-vs-cuda"]["passed"]
     assert any(f.startswith("numpy_mse-cuda vs numpy_mse-cpu: first broken at global step 10: |diff| ") and
                f.endswith("(both devices' noise, the larger)") for f in res.failures)
+
+
+def test_the_float64_diagnostic_is_shown_and_the_pictures_draw_the_noise_bound(work):
+    """The reference's float64 run is reported beside the verdict, never deciding it; the |diff| picture's bound is
+    2x the reference's noise under the envelope rule (it drew the fixed atol before)."""
+    res = evaluate(work)
+    ref, cand = res.configs["torch_mse-cpu"], res.configs["numpy_mse-cpu"]
+    assert ref["fp64_max_diff"] > 0 and cand["fp64_ratio"] == pytest.approx(
+        cand["fp64_max_diff"] / cand["ref_fp64_max_diff"])
+    fp64 = pd.read_csv(work / "runs" / "torch_mse-cpu" / "envelope.csv")["fp64"]
+    edit = work / "runs" / "torch_mse-cpu" / "envelope.csv"
+    table = pd.read_csv(edit)
+    table["fp64"] = fp64 + 1.0  # a float64 run far away changes the diagnostic and nothing else
+    table.to_csv(edit, index=False)
+    moved = evaluate(work)
+    assert moved.configs["numpy_mse-cpu"]["fp64_max_diff"] > 0.9 and moved.failures == []
+    assert [moved.configs[k]["verdict"] for k in moved.configs] == [res.configs[k]["verdict"] for k in res.configs]
+    level = evidence.noise(verdict.load_run(work / "runs" / "torch_mse-cpu", "torch_mse", "cpu").members,
+                           verdict.load_run(work / "runs" / "torch_mse-cpu", "torch_mse", "cpu").losses(),
+                           load_params(work / "params.yaml").report.envelope.floor_ulps)
+    np.testing.assert_array_equal(res.bounds["torch_mse-cpu"], 2.0 * level)
+    md = (run_report(work) / "report.md").read_text()
+    assert "vs float64 (diagnostic)" in md and "x the reference's" in md
