@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from lossbench.configuration import MODES, PRECISIONS
 from lossbench.errors import UserError, run, shown
 from lossbench.registry import REGISTRY, USER_LOSS
 
@@ -63,11 +64,13 @@ class Train(Strict):
     lr: PosFloat
     losses: Annotated[list[str], Field(min_length=1)]
     devices: Annotated[list[Device], Field(min_length=1)]
+    precisions: Annotated[list[Literal[PRECISIONS]], Field(min_length=1)]  # fp32: the tutorial's; bf16: autocast
+    modes: Annotated[list[Literal[MODES]], Field(min_length=1)]
     loader: Literal["preloaded", "dataloader"]
     repeats: PosInt
     warmup_steps: Annotated[int, Field(ge=0)]
 
-    @field_validator("losses", "devices")
+    @field_validator("losses", "devices", "precisions", "modes")
     @classmethod
     def _no_duplicates(cls, v):
         return _unique(v)

@@ -26,6 +26,17 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def cpu_bf16_native():
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); without it, bf16 is emulated and a
+    bf16 step costs several fp32 ones (docs/measurements.md), so its cost measures the emulation."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None  # not Linux: unknown
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
 def collect():
     """The host: versions, CPU, GPUs and driver. (Determinism flags are recorded by each run.)"""
     reason = gpu.unavailable_reason()
@@ -35,6 +46,7 @@ def collect():
         "os": platform.platform(),
         "machine": platform.machine(),
         "cpu": cpu_model(),
+        "cpu_bf16_native": cpu_bf16_native(),
         "torch_threads": torch.get_num_threads(),
         "versions": {
             "torch": torch.__version__,
@@ -49,6 +61,8 @@ def collect():
             "cudnn": torch.backends.cudnn.version() if reason is None else None,
             "driver": gpu.driver_version(),
             "gpus": gpus,
+            # bf16 tensor cores from Ampere (compute capability 8) on
+            "bf16_native": torch.cuda.get_device_capability(0)[0] >= 8 if gpus else None,
         },
     }
 

@@ -7,23 +7,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lossbench.configuration import Configuration  # noqa: E402
+from lossbench.configuration import of_row  # noqa: E402
 from lossbench.io import PHASES, atomic_path  # noqa: E402
 
 
 def plot_tables(runs, plan):
-    """Per device: (losses, |loss - its reference|), each a wide table indexed by global_step.
+    """Per setting (device, precision, mode): (a configuration of it, losses, |loss - its reference|), each
+    a wide table indexed by global_step, one column per loss.
 
     A reference's own column in the second table is 0: it is compared with nothing.
     """
     out = {}
-    for device in sorted({d for (_, d), r in runs.items() if r.steps is not None}):
-        ran = {l: r for (l, d), r in runs.items() if d == device and r.steps is not None}
-        steps = next(iter(ran.values())).steps
+    for setting in dict.fromkeys(c.setting for c, r in runs.items() if r.steps is not None):
+        ran = {c: r for c, r in runs.items() if c.setting == setting and r.steps is not None}
+        first = next(iter(ran))
+        steps = ran[first].steps
         idx = pd.Index(steps.loc[steps["repeat"] == 1, "global_step"], name="global_step")
-        loss = pd.DataFrame({l: r.losses() for l, r in ran.items()}, index=idx)
-        diff = pd.DataFrame({l: (loss[l] - loss[plan[l].reference or l]).abs() for l in loss}, index=idx)
-        out[device] = (loss, diff)
+        loss = pd.DataFrame({c.loss: r.losses() for c, r in ran.items()}, index=idx)
+        diff = pd.DataFrame({l: (loss[l] - loss[plan[l].reference or l]).abs() for l in loss
+                             if (plan[l].reference or l) in loss}, index=idx)
+        out[setting] = (first, loss, diff)
     return out
 
 
@@ -49,17 +52,17 @@ def draw(tables, res, params, out):
     tol = params.report.same_device
     plan = params.plan()
     order = list(plan)  # one order everywhere: train.losses, as the tables
-    for device, (loss, diff) in tables.items():
+    for setting, (config, loss, diff) in tables.items():
         fig, ax = plt.subplots(figsize=(9.5, 3.8), dpi=80)
         twins = _twins(loss)
         for i, name in enumerate(loss.columns):
             same = f" (= {twins[name]} at every step: on top of it)" if twins[name] else ""
             ax.plot(loss.index, loss[name], label=name + same, **_style(i))
-        ax.set(title=f"Loss per step ({device})", xlabel="global step", ylabel="loss")
+        ax.set(title=f"Loss per step ({setting})", xlabel="global step", ylabel="loss")
         note = "a curve bitwise equal to another lies on top of it" if any(twins.values()) else None
         # beside the axes: never over data
         ax.legend(fontsize=7, title=note, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-        paths.append(_save(fig, out / f"loss-{device}.png"))
+        paths.append(_save(fig, out / f"loss-{setting}.png"))
         fig, ax = plt.subplots(figsize=(9.5, 3.8), dpi=80)
         for i, name in enumerate(diff.columns):
             if plan[name].reference is None:
@@ -68,7 +71,7 @@ def draw(tables, res, params, out):
             label = f"{name} vs {plan[name].reference}" + (" (bitwise equal: no line)" if (diff[name] == 0).all() else "")
             ax.plot(diff.index, diff[name].where(diff[name] > 0), label=label, **_style(i))
         for j, ref in enumerate(sorted({plan[n].reference for n in diff.columns if plan[n].reference is not None})):
-            key = Configuration(ref, device).key
+            key = config.of(ref).key
             if key in res.bounds:  # the envelope rule: the bound moves with the reference's own noise
                 bound = pd.Series(res.bounds[key], index=loss.index)
                 label = f"{params.report.envelope.multiplier:g}x {ref}'s rounding noise (the bound)"
@@ -77,21 +80,22 @@ def draw(tables, res, params, out):
                 label = f"tolerance ({tol.atol:g} + {tol.rtol:g} * |{ref}|)"
             ax.plot(bound.index, bound, label=label, **{**TOLERANCE, "ls": STYLES[j % len(STYLES)]})
         ax.set_yscale("log")
-        ax.set(title=f"|loss - its reference| per step ({device})", xlabel="global step",
+        ax.set(title=f"|loss - its reference| per step ({setting})", xlabel="global step",
                ylabel="|diff| (zeros not drawn)")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-        paths.append(_save(fig, out / f"absdiff-{device}.png"))
-    timed = pd.DataFrame([{"loss": r["loss"], "device": r["device"], "ms": r["cost_step_ms"][0],
+        paths.append(_save(fig, out / f"absdiff-{setting}.png"))
+    timed = pd.DataFrame([{"loss": r["loss"], "setting": of_row(r).setting,
+                           "ms": r["cost_step_ms"][0],
                            "lo": r["cost_step_ms"][0] - r["cost_step_ms"][1],
                            "hi": r["cost_step_ms"][2] - r["cost_step_ms"][0]}
                           for r in res.configs.values() if r.get("cost_step_ms")])
     if not timed.empty:
         rows = [n for n in order if n in set(timed["loss"])]
-        ms, lo, hi = (timed.pivot(index="loss", columns="device", values=v).reindex(rows) for v in ("ms", "lo", "hi"))
+        ms, lo, hi = (timed.pivot(index="loss", columns="setting", values=v).reindex(rows) for v in ("ms", "lo", "hi"))
         fig, ax = plt.subplots(figsize=(7, 3.8), dpi=80)
         ms.plot.barh(ax=ax, xerr=np.stack([lo.to_numpy().T, hi.to_numpy().T], axis=1), capsize=2)
         ax.invert_yaxis()  # first row on top, as in the tables
-        ax.legend(title="device", fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        ax.legend(title="setting", fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
         ax.set(title="Timed step, all losses in turn (bars: 95% interval)", xlabel="ms per step", ylabel="")
         paths.append(_save(fig, out / "step-time.png"))
     return paths
@@ -167,9 +171,14 @@ def markdown(params, res, images):
     for device, p in res.platforms.items():
         lines.append(f"- `{device}`: {p['gpu'] or p['cpu']}; torch {p['torch']}"
                      + (f", CUDA {p['cuda']}" if p["cuda"] else f", {p['threads']} threads")
-                     + f", Python {p['python']}" + (f"; ran on {p['host']}" if p.get("host") else ""))
+                     + f", Python {p['python']}" + (f"; ran on {p['host']}" if p.get("host") else "")
+                     + ("; bf16 is emulated here (no bf16 instructions): a bf16 cost measures the emulation"
+                        if p.get("bf16_native") is False and "bf16" in t.precisions else ""))
     lines.append("")
-    notrun = rows[rows["status"] != "ran"]
+    unsupported = rows[rows["status"] == "unsupported"]
+    if not unsupported.empty:  # a finding: the loss runs in fp32 and not under this setting
+        lines += ["## Unsupported", ""] + [f"- **{k}**: {r['reason']}" for k, r in unsupported.iterrows()] + [""]
+    notrun = rows[~rows["status"].isin(["ran", "unsupported"])]
     if not notrun.empty:
         lines += ["## Not run", ""]
         for (device, reason), group in notrun.groupby(["device", "reason"], sort=False):
@@ -227,6 +236,11 @@ def markdown(params, res, images):
     if res.failures:
         lines += ["## Failures", ""] + [f"- {f}" for f in res.failures] + [""]
     lines += ["## Details", ""]
+    differ = {key: r["dtypes_differ"] for key, r in res.configs.items() if r.get("dtypes_differ")}
+    if differ:
+        lines += ["### Dtypes", "", "What each loss received, computed in and returned at its first step, observed "
+                  "in the run, where it differs from its reference's (autocast upcasts some torch losses to float32 "
+                  "and not a custom one):", ""] + [f"- **{k}**: {v}" for k, v in differ.items()] + [""]
     judged = {key: r for key, r in res.configs.items() if r.get("grad_summary")}
     if judged:
         lines += ["### Gradients and weights", "",
@@ -255,7 +269,7 @@ def markdown(params, res, images):
 
 
 def write_plot_data(tables, out):
-    for device, (loss, diff) in tables.items():
+    for setting, (_, loss, diff) in tables.items():
         for kind, df in (("loss", loss), ("absdiff", diff)):
-            with atomic_path(out / "plots" / kind / f"{device}.csv") as tmp:
+            with atomic_path(out / "plots" / kind / f"{setting}.csv") as tmp:
                 df.to_csv(tmp)

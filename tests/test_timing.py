@@ -41,10 +41,11 @@ def test_cost_stage_times_every_loss_in_turn(tmp_path, synthetic):
     checks = check_files(params, tmp_path / "check")
     c = json.loads(cost_file(params, synthetic, checks, tmp_path / "cost").read_text())
     assert c["status"] == "ran" and c["params"]["rounds"] == 3 and c["determinism"]["use_deterministic_algorithms"]
-    assert sorted(c["losses"]) == ["numpy_detached", "numpy_mse", "torch_mse"]
-    for m in c["losses"].values():
+    assert sorted(c["configurations"]) == ["numpy_detached-cpu-fp32-eager", "numpy_mse-cpu-fp32-eager",
+                                           "torch_mse-cpu-fp32-eager"]
+    for m in c["configurations"].values():
         assert len(m["step_seconds"]) == 3 and all(s > 0 for s in m["step_seconds"])
         assert set(m["phase_seconds"]) == {"forward", "loss", "backward", "step"}
     cuda = json.loads(cost_file(params, synthetic, checks, tmp_path / "cost", "cuda").read_text())
-    if not json.loads((checks / "cuda" / "torch_mse.json").read_text())["available"]:
+    if not json.loads((checks / "cuda" / "torch_mse-cuda-fp32-eager.json").read_text())["available"]:
         assert cuda["status"] == "unavailable" and cuda["reason"]
