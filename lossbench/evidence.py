@@ -70,6 +70,13 @@ def within_noise(values, ref, level, multiplier, steps):
             "first_outside": first, "growth": growth, "noise_max": float(level.max())}
 
 
+def first_visible(members, ref):
+    """The first step (1-based) at which some member's loss differs from the reference's, or None: whether
+    the one-ulp nudge survived the precision the run computes in (bf16 casts could have rounded it away)."""
+    differs = np.flatnonzero(np.any(members != ref, axis=0))
+    return int(differs[0]) + 1 if differs.size else None
+
+
 def against_fp64(values, ref, fp64):
     """The diagnostic beside the verdict: the candidate's and its reference's largest distance from the
     reference's float64 run, and their ratio (torch._dynamo's accuracy check passes fp32 below 2x). One

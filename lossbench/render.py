@@ -137,7 +137,11 @@ def _cost(r):
 def _noise(r):
     """``0.19x`` (trajectory; step-1 gradients after the slash), the reference's own noise for a reference."""
     if r.get("verdict") == "reference":
-        return f"noise max {r['noise_max']:.2g}" if pd.notna(r.get("noise_max")) else "-"
+        if pd.isna(r.get("noise_max")):
+            return "-"
+        seen = r.get("nudge_visible_from")
+        return f"noise max {r['noise_max']:.2g}" + (f" (members apart from step {int(seen)})" if pd.notna(seen) else
+                                                    " (**the nudge did not survive**)")
     if r.get("noise_used") is None or pd.isna(r.get("noise_used")):
         return ""
     out = f"{r['noise_used']:.2g}x / {r['grad_noise_used']:.2g}x"

@@ -289,6 +289,10 @@ def evaluate(params, runs, costs=None):
             if run.members is not None:  # how large its own rounding noise grew, and its float64 run's distance
                 row["noise_max"] = float(level_of(run).max())
                 row["fp64_max_diff"] = float(np.abs(run.losses() - run.fp64).max())
+                row["nudge_visible_from"] = evidence.first_visible(run.members, run.losses())
+                if row["nudge_visible_from"] is None:
+                    checks.append(f"{run.name}: the one-ulp nudge did not survive {config.precision}: every member "
+                                  "equals the reference at every step, so its envelope is the floor alone")
         if run.info["weights_changed"] != run.info["updates_weights"]:
             checks.append(f"{run.name}: weights {'changed' if run.info['weights_changed'] else 'did not change'}"
                           f", expected them {'to change' if run.info['updates_weights'] else 'unchanged'}")

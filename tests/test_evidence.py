@@ -79,3 +79,11 @@ def test_against_fp64_is_the_candidates_distance_as_a_share_of_the_references_ow
     assert (d["fp64_max_diff"], d["ref_fp64_max_diff"]) == (pytest.approx(4e-7), pytest.approx(2e-7))
     assert d["fp64_ratio"] == pytest.approx(2.0)
     assert against_fp64(fp64, fp64, fp64)["fp64_ratio"] == 0.0  # all three the same: no distance to share
+
+
+def test_first_visible_is_the_first_step_where_a_member_left_the_reference():
+    from lossbench.evidence import first_visible
+
+    ref = np.array([1.0, 0.5, 0.25, 0.2])
+    assert first_visible(np.array([ref, ref + [0, 0, 1e-7, 0]]), ref) == 3
+    assert first_visible(np.array([ref, ref]), ref) is None  # the nudge rounded away: the envelope is its floor

@@ -357,3 +357,18 @@ def test_the_float64_diagnostic_is_shown_and_the_pictures_draw_the_noise_bound(w
     np.testing.assert_array_equal(res.bounds["torch_mse-cpu-fp32-eager"], 2.0 * level)
     md = (run_report(work) / "report.md").read_text()
     assert "vs float64 (diagnostic)" in md and "x the reference's" in md
+
+
+def test_a_nudge_that_did_not_survive_the_precision_fails_the_reference(work):
+    """Members bitwise equal to their reference would make the envelope its floor alone: said, not hidden."""
+    res = evaluate(work)
+    assert res.configs["torch_mse-cpu-fp32-eager"]["nudge_visible_from"] is not None
+    path = work / "runs" / "torch_mse-cpu-fp32-eager" / "envelope.csv"
+    table = pd.read_csv(path)
+    ref = verdict.load_run(work / "runs" / "torch_mse-cpu-fp32-eager", Configuration("torch_mse", "cpu")).losses()
+    for col in table.filter(like="member_"):
+        table[col] = ref
+    table.to_csv(path, index=False)
+    res = evaluate(work)
+    assert "torch_mse-cpu-fp32-eager: the one-ulp nudge did not survive fp32: every member equals the reference at " \
+           "every step, so its envelope is the floor alone" in res.failures
