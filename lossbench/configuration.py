@@ -12,7 +12,7 @@ from pathlib import Path
 
 # the precisions a configuration trains in: fp32 as the tutorial; bf16 under torch.autocast, as users train
 PRECISIONS = ("fp32", "bf16")
-MODES = ("eager",)  # torch.compile is the next mode (issue 17)
+MODES = ("eager", "compiled")  # compiled: torch.compile of the model and the loss, as users do
 
 
 @dataclass(frozen=True)

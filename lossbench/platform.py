@@ -7,7 +7,10 @@ exactly then.
 """
 
 import importlib.metadata
+import importlib.util
+import os
 import platform
+import shutil
 
 import numpy as np
 import torch
@@ -35,6 +38,20 @@ def cpu_bf16_native():
     except OSError:
         return None  # not Linux: unknown
     return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def compile_reason(device):
+    """None when torch.compile can build code for ``device`` here, else why not, in one line: inductor compiles
+    C++ on the CPU (a C++ compiler) and Triton kernels on CUDA (the triton package)."""
+    if device == "cpu":
+        found = [c for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c and shutil.which(c)]
+        return None if found else ("torch.compile on cpu needs a C++ compiler (inductor builds C++), and none is "
+                                   "here (CXX, g++, c++, clang++): install one (apt install g++), or leave "
+                                   "compiled out of train.modes")
+    if importlib.util.find_spec("triton") is None:
+        return ("torch.compile on cuda needs the triton package (inductor builds Triton kernels), and it is not "
+                "installed here: pip install triton, or leave compiled out of train.modes")
+    return None
 
 
 def collect():

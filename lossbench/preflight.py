@@ -20,12 +20,12 @@ from lossbench.errors import ROOT, debugging, raised
 from lossbench.registry import REGISTRY
 
 
-def preflight(spec, device, precision="fp32"):
+def preflight(spec, device, precision="fp32", mode="eager"):
     """(problem, dtypes): None when the loss behaves in the training step, else the Problem; and the dtypes
     it received, computed in and returned. The one Trainer runs the model's forward and the loss on a probe
     batch under the precision, then the backward to the model's output. A loss may return another dtype
     than it received (bf16 autocast upcasts mse_loss; a loss may compute in float64): the report notes it."""
-    trainer = Trainer(spec.make, device, 1e-3, 0, precision=precision)
+    trainer = Trainer(spec.make, device, 1e-3, 0, precision=precision, mode=mode)
     x = task.probe(device)  # (4, 784)
     return _behaves(trainer, x), trainer.dtypes
 
@@ -54,10 +54,10 @@ def _behaves(trainer, x):
     return None
 
 
-def check(spec, device, precision="fp32"):
+def check(spec, device, precision="fp32", mode="eager"):
     """(problem, dtypes): preflight, judged by what the loss declares: a detached control must fail the graph
     check, and only that."""
-    problem, dtypes = preflight(spec, device, precision)
+    problem, dtypes = preflight(spec, device, precision, mode)
     if spec.updates_weights:
         return problem, dtypes
     if problem is None:

@@ -70,9 +70,15 @@ def not_detached():
                                  "reaches the input")
 
 
-def unsupported(precision, device, problem):
-    """A loss that runs in fp32 and fails under ``precision``: the reason and the fix, one line."""
-    return Problem(UNSUPPORTED, f"unsupported under {precision}: {problem.message}; the fix: call .float() on its "
-                   "inputs first, or decorate its forward with "
-                   f"@torch.amp.custom_fwd(device_type={device!r}, cast_inputs=torch.float32) "
-                   "(losses/examples.py NumpyMSEFloat32)")
+def unsupported(precision, mode, device, problem):
+    """A loss that runs in fp32, eager and fails under ``precision`` or ``mode``: the reason and the fix, one line."""
+    setting = " and ".join([*([precision] if precision != "fp32" else []), *(["torch.compile"] if mode != "eager" else [])])
+    fixes = []
+    if precision != "fp32":
+        fixes.append("call .float() on its inputs first, or decorate its forward with "
+                     f"@torch.amp.custom_fwd(device_type={device!r}, cast_inputs=torch.float32) "
+                     "(losses/examples.py NumpyMSEFloat32)")
+    if mode != "eager":
+        fixes.append("make its NumPy code an opaque op that compile calls as it is: torch.library.custom_op with "
+                     "register_fake and register_autograd (losses/numpy_op.py)")
+    return Problem(UNSUPPORTED, f"unsupported under {setting}: {problem.message}; the fix: {'; and '.join(fixes)}")

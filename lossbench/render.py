@@ -158,6 +158,24 @@ def _fp64(r):
     return "" if ratio is None or pd.isna(ratio) else f"{ratio:.2g}x the reference's"
 
 
+def _compiled(r):
+    c = r["compile"]
+    reasons = "; ".join(f"{k} (x{v})" for k, v in c["reasons"].items())
+    out = (f"{c['graph_breaks']} graph break(s)" + (f" ({reasons})" if reasons else "")
+           + f", {c['graphs']} graph(s), {c['recompilations']} recompilation(s)"
+           + (f", compile {c['seconds']:.1f} s" if c.get("seconds") is not None else ""))
+    calls, eager = r.get("numpy_calls"), (r.get("vs_eager") or {})
+    if calls == 0 and eager.get("numpy_calls_eager"):
+        out += (f"; its NumPy did not run: compile traced it into torch ops (eager makes {eager['numpy_calls_eager']} "
+                "NumPy calls a step, compiled 0): the loss judged here is not the NumPy code")
+    elif calls:
+        out += f"; NumPy ran ({calls} calls a step)"
+    if eager:
+        out += (f"; against itself eager: max |diff| {eager['max_abs_diff']:.3g}, bitwise-equal steps "
+                f"{eager['bitwise_equal_steps']} / {r['steps']}")
+    return out
+
+
 def fmt(x, spec):
     return "" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
 
@@ -245,6 +263,12 @@ def markdown(params, res, images):
         lines += ["### Dtypes", "", "What each loss received, computed in and returned at its first step, observed "
                   "in the run, where it differs from its reference's (autocast upcasts some torch losses to float32 "
                   "and not a custom one):", ""] + [f"- **{k}**: {v}" for k, v in differ.items()] + [""]
+    compiled = {key: r for key, r in res.configs.items() if r.get("compile")}
+    if compiled:
+        lines += ["### Compiled", "", "Per compiled configuration: what torch.compile did (the first step compiles: its "
+                  "time beyond a step's is the compile time, kept out of the step cost), whether the loss's NumPy "
+                  "really ran (its calls counted in a step, as it ran), and the run against itself eager.", ""]
+        lines += [f"- **{k}**: {_compiled(r)}" for k, r in compiled.items()] + [""]
     judged = {key: r for key, r in res.configs.items() if r.get("grad_summary")}
     if judged:
         lines += ["### Gradients and weights", "",

@@ -97,7 +97,7 @@ def repeat_mismatch(run):
         if diff.size:
             j = int(diff[0])
             return (f"{run.name}: repeat {r} differs from repeat 1 at global step {j + 1}: "
-                    f"{other[j]!r} vs {first[j]!r}")
+                    f"{float(other[j])!r} vs {float(first[j])!r}")  # plain numbers, not np.float64(...)
     return None
 
 
@@ -191,7 +191,8 @@ def cost_rows(params, costs, configurations):
         phases = {p: [v * 1e3 for v in vals] for p, vals in m["phase_seconds"].items()}
         rows[config.key] = {
             "cost_ratio": ratio, "cost_ratio_low": lo, "cost_ratio_high": hi,
-            "cost": "reference" if ref == config else stats.label(ratio, lo, hi, params.cost.min_effect),
+            "cost": "reference" if ref == config else stats.label(
+                ratio, lo, hi, params.cost.min_effect, stats.spread(m["step_seconds"], timed[ref.key]["step_seconds"])),
             "cost_step_ms": stats.mean_ci([v * 1e3 for v in m["step_seconds"]]),
             "phases_ms": {p: stats.mean_ci(v) for p, v in phases.items()},
         }
@@ -227,6 +228,14 @@ def evaluate(params, runs, costs=None):
             row.update(reason=run.info.get("reason"), passed=True, verdict="not run")
             continue
         res.platforms.setdefault(device, platform_summary(run.info["platform"], run.info.get("host")))
+        row["numpy_calls"] = run.info.get("numpy_calls")
+        if config.mode != "eager":  # what compile did, and the configuration against itself eager
+            row["compile"] = run.info.get("compile")
+            eager = runs.get(replace(config, mode="eager"))
+            if eager is not None and eager.steps is not None:
+                e = evidence.trajectory(run.losses(), eager.losses(), 0.0, 0.0, eager.steps)
+                row["vs_eager"] = {"max_abs_diff": e["max_abs_diff"], "bitwise_equal_steps": e["bitwise_equal_steps"],
+                                   "numpy_calls_eager": eager.info.get("numpy_calls")}
         row["machine"] = machine_label(run.info.get("host"))
         row.update(step_ms(run))
         row.update(timed.get(run.name, {}))

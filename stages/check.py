@@ -14,6 +14,8 @@ another machine than this one.
 """
 
 import argparse
+import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -22,7 +24,7 @@ from lossbench import gpu, machines, platform, problems
 from lossbench.config import load_params
 from lossbench.configuration import Configuration
 from lossbench.errors import UserError, run, shown
-from lossbench.io import write_json
+from lossbench.io import read_json, write_json
 from lossbench.losses import resolve
 from lossbench.preflight import check, source
 
@@ -45,6 +47,21 @@ def envelope(params, judged):
     return {"members": rp.envelope.members} if judged.reference is None and rp.rule == "envelope" else None
 
 
+def setting_check(spec, record, cache):
+    """The pre-flight under the record's precision and mode; a compiled one is cached in ``cache`` by the loss's
+    code digests and the setting, so that the check DVC runs every time compiles once per change, not each time."""
+    if record["mode"] == "eager":
+        return check(spec, record["device"], record["precision"])
+    what = {k: record[k] for k in ("fn", "args", "source", "device", "precision", "mode", "platform")}
+    path = Path(cache) / f"{hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]}.json"
+    if path.is_file():
+        found = read_json(path)
+        return (problems.Problem(**found["problem"]) if found["problem"] else None), found["dtypes"]
+    problem, dtypes = check(spec, record["device"], record["precision"], record["mode"])
+    write_json(path, {"setting": what, "problem": problem.as_dict() if problem else None, "dtypes": dtypes})
+    return problem, dtypes
+
+
 def main_check(params_path, devices, out):
     t0 = time.perf_counter()
     params = load_params(params_path)
@@ -60,6 +77,7 @@ def main_check(params_path, devices, out):
         raise DeviceRequired(f"{shown(params_path)}: train.devices: {required[0]!r} cannot run here and "
                              f"{gpu.REQUIRE_DEVICES}=1: {reasons[required[0]]}")
     records = {}
+    cache = Path(out).parent / ".preflight-cache"  # beside the check's output, which DVC clears before each run
     for name, j in params.plan().items():
         try:
             spec = resolve(name, j.fn, j.args)
@@ -81,10 +99,13 @@ def main_check(params_path, devices, out):
                     config = Configuration(name, device, precision, mode)
                     record = {**common, "config": config.key, "precision": precision, "mode": mode,
                               "dtypes": None, "unsupported": None}
-                    if reasons[device] is None:  # through the model under the setting: a bf16 failure shows now
-                        problem, record["dtypes"] = check(spec, device, precision)
+                    why = platform.compile_reason(device) if mode == "compiled" and reasons[device] is None else None
+                    if why:  # not run here, with the reason: never a crash
+                        record.update(available=False, reason=why)
+                    elif reasons[device] is None:  # through the model under the setting: a failure shows now
+                        problem, record["dtypes"] = setting_check(spec, record, cache)
                         if problem:
-                            record["unsupported"] = problems.unsupported(precision, device, problem).as_dict()
+                            record["unsupported"] = problems.unsupported(precision, mode, device, problem).as_dict()
                             print(f"check: {config.key}: {record['unsupported']['message']}", file=sys.stderr)
                     records[config] = record
     for config, record in records.items():

@@ -20,9 +20,10 @@ from lossbench.machines import host_name
 def cost_stage(device, params_path, root, check_dir, out):
     checks = [read_json(p) for p in sorted(Path(check_dir).glob("*.json"))]  # <key>.json, this device's
     record = {"device": device, "platform": checks[0]["platform"], "host": host_name()}
-    absent = [c for c in checks if not c["available"]]
-    if absent:  # before importing torch (~3 s): nothing to time on this host
-        write_json(out, {**record, "status": "unavailable", "reason": absent[0]["reason"]})
+    runnable = [c for c in checks if c["available"] and not c["unsupported"]]
+    if not runnable:  # before importing torch (~3 s): nothing to time on this host
+        write_json(out, {**record, "status": "unavailable",
+                         "reason": next((c["reason"] for c in checks if not c["available"]), "nothing runs here")})
         return
     from lossbench import determinism, task
     from lossbench.losses import resolve
@@ -34,11 +35,11 @@ def cost_stage(device, params_path, root, check_dir, out):
     record |= {"params": cost.model_dump(), "determinism": flags}
     batches, _ = task.batches(train.loader, root, device, train.batch_size)
     timed, loop = {}, 0.0
-    for setting in sorted({(c["precision"], c["mode"]) for c in checks}):  # a candidate beside its reference
-        group = {c["config"]: c for c in checks if (c["precision"], c["mode"]) == setting and not c["unsupported"]}
+    for precision, mode in sorted({(c["precision"], c["mode"]) for c in runnable}):  # beside its reference
+        group = {c["config"]: c for c in runnable if (c["precision"], c["mode"]) == (precision, mode)}
         specs = {k: resolve(c["loss"], c["fn"], c["args"]) for k, c in group.items()}
         t0 = time.perf_counter()
-        timed |= interleaved(specs, batches, device, setting[0], train.lr, train.seed, cost.rounds, cost.steps,
+        timed |= interleaved(specs, batches, device, precision, mode, train.lr, train.seed, cost.rounds, cost.steps,
                              cost.warmup_steps)
         loop += time.perf_counter() - t0  # warm-up included: `make bench` weighs the pipeline against its loops
     write_json(out, {**record, "status": "ran", "loop_seconds": loop, "configurations": timed})

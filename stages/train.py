@@ -35,8 +35,7 @@ def train_stage(check_path, params_path, root, out):
     }
     if not check["available"]:  # before importing torch: a configuration that cannot run costs ~0.1 s, not 3
         write_json(out / "run.json", {**record, "status": "unavailable", "reason": check["reason"]})
-        print(f"train: {check['config']}: not run ({check['device']} cannot run here; the check stage said why)",
-              file=sys.stderr)
+        print(f"train: {check['config']}: not run: {check['reason']}", file=sys.stderr)
         return
     if check["unsupported"]:  # the pre-flight saw it fail under this setting: a finding, reported, not trained
         write_json(out / "run.json", {**record, "status": "unsupported", "reason": check["unsupported"]["message"],
@@ -56,11 +55,11 @@ def train_stage(check_path, params_path, root, out):
     members = (check.get("envelope") or {}).get("members", 0)  # a reference's: its rounding-noise ensemble
     try:
         steps, result, tensors = train_config(spec, check["device"], train, root, check["config"], members,
-                                              check["precision"])
+                                              check["precision"], check["mode"])
     except RunError as e:
-        if check["precision"] == "fp32":  # the tutorial's setting: a loss that fails there is broken
+        if (check["precision"], check["mode"]) == ("fp32", "eager"):  # the tutorial's: a loss failing there is broken
             raise
-        unsupported = problems.unsupported(check["precision"], check["device"], e.problem)
+        unsupported = problems.unsupported(check["precision"], check["mode"], check["device"], e.problem)
         write_json(out / "run.json", {**record, "status": "unsupported", "reason": unsupported.at(e.where),
                                       "dtypes": check["dtypes"]})
         print(f"train: {check['config']}: {unsupported.at(e.where)}", file=sys.stderr)

@@ -21,8 +21,16 @@ def scaled(c):
                          "itself is scaled, not only its backward"),
     (scaled(0.0), True, "step 1: no gradient reaches the model (every gradient is 0): the loss is detached from "
                         "the graph (the step-1 loss agrees: the forward is right)"),
+    ({"w": REF["w"], "b": np.array([0.1, -0.2])}, True,
+     "step 1: gradients differ, worst in b (max rel err 0.333): the backward is wrong "
+     "(the step-1 loss agrees: the forward is right)"),
+    # the step-1 loss differs already: the forward is named first (it read "the backward is wrong")
     ({"w": REF["w"], "b": np.array([0.1, -0.2])}, False,
-     "step 1: gradients differ, worst in b (max rel err 0.333): the backward is wrong"),
+     "step 1: the loss itself differs from the reference's, so the forward is wrong first; the gradients differ too, "
+     "worst in b (max rel err 0.333)"),
+    # a flipped sign is not a scale (it read "the backward is scaled wrongly")
+    (scaled(-1.0), True, "step 1: every gradient is -1.000x the reference's: sign flipped "
+                         "(the step-1 loss agrees: the forward is right)"),
 ])
 def test_gradient_summary(grads, forward_equal, text):
     assert evidence.gradients(grads, REF, 1e-4, forward_equal)["summary"] == text

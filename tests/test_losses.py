@@ -244,7 +244,7 @@ def test_under_bf16_the_tutorials_numpy_loss_fails_and_the_controls_and_the_fix_
     for name in ("wrong_backward", "losses.examples:NumpyMSEFloat32"):
         assert check(build(name), "cpu", "bf16")[0] is None, name
     assert check(build("numpy_detached"), "cpu", "bf16")[0] is None  # its declared detachment, under bf16 too
-    line = problems.unsupported("bf16", "cpu", problem).message
+    line = problems.unsupported("bf16", "eager", "cpu", problem).message
     assert line.startswith("unsupported under bf16: the loss raised TypeError: Got unsupported ScalarType BFloat16")
     assert "custom_fwd(device_type='cpu', cast_inputs=torch.float32)" in line and ".float()" in line
 

@@ -164,7 +164,7 @@ def test_a_configuration_in_the_pipeline_equals_its_solo_run(repo, tmp_path):
     # one configuration's own process, nothing else in it: the pipeline's outputs must be the same bits
     root, env, _ = repo
     solo = tmp_path / "solo"
-    sh(f"python -m stages.train --check {MACHINE}/check/cpu/numpy_mse.json --params params.yaml --data data "
+    sh(f"python -m stages.train --check {MACHINE}/check/cpu/numpy_mse-cpu-fp32-eager.json --params params.yaml --data data "
        f"--out {solo}", root, env)
     run = root / RUNS / "numpy_mse-cpu-fp32-eager"
     a, b = (pd.read_csv(d / "steps.csv") for d in (run, solo))
@@ -210,7 +210,7 @@ def test_metrics_and_plots_are_visible_to_dvc(repo):
     used = metrics(root)["configs"]["numpy_mse-cpu-fp32-eager"]["tol_used"]
     assert 0 < used < 1 and shown == round(used, 5) > 0
     plots = json.loads(sh("dvc plots show --json", root, env))
-    assert f"{REPORT}/plots/loss/cpu.csv" in plots["data"] and f"{REPORT}/plots/absdiff/cpu.csv" in plots["data"]
+    assert f"{REPORT}/plots/loss/cpu-fp32-eager.csv" in plots["data"] and f"{REPORT}/plots/absdiff/cpu-fp32-eager.csv" in plots["data"]
 
 
 def test_second_repro_retrains_nothing(repo):
@@ -308,6 +308,16 @@ def test_example_losses_equal_their_references_through_dvc_exp_run(repo):
         assert row["grad_max_rel_err"] == 0.0  # each backward follows torch's formula: bitwise equal gradients
         print(f"{cand}: max |diff| {row['max_abs_diff']:.3g}, bitwise-equal steps {row['bitwise_equal_steps']}")
     assert metrics(root)["passed"] is True
+
+
+def test_the_readmes_restore_line_returns_to_the_committed_state(repo):
+    """After `dvc exp run` (which rewrites params.yaml, and whose DVC stages the lock in Git's index), the README's
+    line returns params, lock and report to the last commit; a plain `git checkout <path>` restored the staged lock."""
+    root, env, _ = repo
+    assert sh("git status --porcelain params.yaml results", root)  # the experiment left its changes
+    sh("git checkout HEAD -- params.yaml results && dvc checkout", root, env)
+    assert sh("git status --porcelain params.yaml results", root) == ""
+    assert sh("git diff --cached --stat", root) == ""
 
 
 # The noise envelope's separation, through the real pipeline (docs/envelope.md): the calibration losses, then the

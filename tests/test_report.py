@@ -71,11 +71,11 @@ def test_cost_ratio_has_an_interval_and_a_label(work):
     for loss in LOSSES[1:]:
         r = c[f"{loss}-cpu-fp32-eager"]
         assert r["cost_ratio_low"] <= r["cost_ratio"] <= r["cost_ratio_high"], r
-        assert r["cost"] in ("no measurable difference", "slower", "faster")
+        assert r["cost"].startswith(("no measurable difference", "below the 1.05 effect floor", "slower", "faster"))
         assert set(r["phases_ms"]) == {"forward", "loss", "backward", "step"}
         # the label follows the interval (what the timings are is the benchmark's business, not a test's)
-        assert r["cost"] == stats.label(r["cost_ratio"], r["cost_ratio_low"], r["cost_ratio_high"],
-                                         params.cost.min_effect)
+        assert r["cost"].split(" (noisy")[0] == stats.label(r["cost_ratio"], r["cost_ratio_low"],
+                                                            r["cost_ratio_high"], params.cost.min_effect)
 
 
 def test_all_pass_and_verdicts(work):

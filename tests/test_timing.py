@@ -24,11 +24,19 @@ def test_ratio_interval_from_per_round_ratios():
 @pytest.mark.parametrize("ratio, lo, hi, label", [
     (1.10, 1.08, 1.12, "slower"),
     (0.50, 0.45, 0.55, "faster"),
-    (1.03, 1.01, 1.05, "no measurable difference"),  # clear of 1, but below the minimum effect
+    (1.03, 1.01, 1.05, "below the 1.05 effect floor"),  # clear of 1, but below the minimum effect: said so
     (1.10, 0.98, 1.22, "no measurable difference"),  # large, but the interval holds 1
 ])
 def test_label_needs_an_interval_clear_of_1_and_a_minimum_effect(ratio, lo, hi, label):
     assert stats.label(ratio, lo, hi, 1.05) == label
+
+
+def test_a_noisy_measurement_says_so():
+    ref = np.ones(5)
+    quiet, loud = ref * [1.01, 1.02, 1.0, 1.01, 1.02], ref * [1.0, 1.3, 0.95, 1.25, 1.1]
+    assert stats.spread(quiet, ref) < stats.NOISY <= stats.spread(loud, ref)
+    assert stats.label(1.13, 1.02, 1.25, 1.05, stats.spread(loud, ref)).startswith("slower (noisy: rounds spread 14%")
+    assert stats.label(1.01, 1.0, 1.02, 1.05, stats.spread(quiet, ref)) == "no measurable difference"
 
 
 def test_t_quantiles():
