@@ -31,7 +31,7 @@ def cpu_model():
 
 def cpu_bf16_native():
     """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); without it, bf16 is emulated and a
-    bf16 step costs several fp32 ones (docs/measurements.md), so its cost measures the emulation."""
+    bf16 step costs several fp32 ones (docs/benchmarks.md), so its cost measures the emulation."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
@@ -50,7 +50,8 @@ def compile_reason(device):
                                    "compiled out of train.modes")
     if importlib.util.find_spec("triton") is None:
         return ("torch.compile on cuda needs the triton package (inductor builds Triton kernels), and it is not "
-                "installed here: pip install triton, or leave compiled out of train.modes")
+                "installed here (the image leaves it out: docker build --build-arg WITH_TRITON=1): pip install "
+                "triton, or leave compiled out of train.modes")
     return None
 
 
