@@ -40,7 +40,7 @@ if "dvc-" not in installed:
 summary = json.loads((back / "results/gpu/report/summary.json").read_text())
 configs = summary["configs"]
 for name, c in configs.items():
-    if name.endswith("-cuda"):
+    if c["device"] == "cuda":
         if c.get("verdict") != "not run" or "no GPU is visible" not in c.get("reason", ""):
             problems.append(f"{name}: expected 'not run' because no GPU is visible, got {c.get('verdict')!r}")
     elif c.get("status") != "ran":
@@ -56,5 +56,5 @@ for p in problems:
     print("gpu-check: FAIL:", p, file=sys.stderr)
 if problems:
     sys.exit(1)
-print(f"gpu-check: PASS ({sum(n.endswith('-cuda') for n in configs)} cuda configurations not run, with reasons)")
+print(f"gpu-check: PASS ({sum(c['device'] == 'cuda' for c in configs.values())} cuda configurations not run, with reasons)")
 PYEOF

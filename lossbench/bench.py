@@ -90,7 +90,7 @@ def cost_table(params, root, device):
     specs = {name: resolve(name, j.fn, j.args) for name, j in plan.items()}
     batches, _ = task.batches(t.loader, root, device, t.batch_size)
     t0 = time.perf_counter()
-    m = interleaved(specs, batches, device, t.lr, t.seed, c.rounds, c.steps, c.warmup_steps)
+    m = interleaved(specs, batches, device, "fp32", "eager", t.lr, t.seed, c.rounds, c.steps, c.warmup_steps)
     wall = time.perf_counter() - t0
     print(f"## Cost on {device}: {c.rounds} rounds x {c.steps} steps per loss, taking turns a step at a time "
           f"({wall:.1f} s)")

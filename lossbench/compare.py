@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from lossbench.config import load_params
-from lossbench.configuration import Configuration
+from lossbench.configuration import of_row, rekeyed
 from lossbench.errors import UserError, run
 from lossbench import machines
 
@@ -32,7 +32,7 @@ REPORT = "results/{machine}/report"
 LEGACY = "reports"  # where revisions before results/<machine>/ kept the one report
 SUMMARY = "summary.json"
 METRICS = "metrics.json"  # what revisions before summary.json hold
-LOSS_PLOT = "plots/loss/{device}.csv"
+LOSS_PLOT = "plots/loss/{setting}.csv"  # before the precision axis: plots/loss/{device}.csv (fp32, eager)
 
 
 class CompareError(UserError):
@@ -54,15 +54,21 @@ def read_summary(rev, machine, repo="."):
         for name in (SUMMARY, METRICS):
             text = read_file(rev, f"{folder}/{name}", repo)
             if text is not None:
-                return folder, json.loads(text)
+                report = json.loads(text)
+                return folder, {**report, "configs": rekeyed(report.get("configs", {}))}
     where = "in the workspace (run `make repro` first)" if rev is None else f"at revision {rev!r}"
     raise CompareError(f"{REPORT.format(machine=machine)}/{SUMMARY}: not found {where}")
 
 
-def read_losses(rev, folder, device, repo="."):
-    """Every configuration's per-step loss on ``device`` (the report's plot data), or None."""
-    text = read_file(rev, f"{folder}/{LOSS_PLOT.format(device=device)}", repo)
-    return None if text is None else pd.read_csv(io.StringIO(text), index_col="global_step")
+def read_losses(rev, folder, config, repo="."):
+    """Every loss's per-step loss in ``config``'s setting (the report's plot data), or None."""
+    for setting in (config.setting, config.device):  # the second: a report from before the precision axis
+        text = read_file(rev, f"{folder}/{LOSS_PLOT.format(setting=setting)}", repo)
+        if text is not None:
+            if setting == config.device and (config.precision, config.mode) != ("fp32", "eager"):
+                return None
+            return pd.read_csv(io.StringIO(text), index_col="global_step")
+    return None
 
 
 def trajectory_line(name, a, b):
@@ -81,11 +87,13 @@ def trajectory_line(name, a, b):
 
 def trajectories(a, b, rev_a, rev_b, folders, repo="."):
     lines = []
-    for device in sorted({c["device"] for c in [*a["configs"].values(), *b["configs"].values()]}):
-        ta, tb = read_losses(rev_a, folders[0], device, repo), read_losses(rev_b, folders[1], device, repo)
+    settings = {of_row(c).setting: of_row(c) for c in [*a["configs"].values(), *b["configs"].values()]}
+    for setting in sorted(settings):
+        config = settings[setting]
+        ta, tb = read_losses(rev_a, folders[0], config, repo), read_losses(rev_b, folders[1], config, repo)
         for loss in sorted(set(ta.columns if ta is not None else []) | set(tb.columns if tb is not None else [])):
             col = {k: t[loss] if t is not None and loss in t else None for k, t in (("a", ta), ("b", tb))}
-            lines.append(trajectory_line(Configuration(loss, device).key, col["a"], col["b"]))
+            lines.append(trajectory_line(config.of(loss).key, col["a"], col["b"]))
     return lines
 
 

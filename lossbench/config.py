@@ -14,12 +14,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from lossbench.configuration import MODES, PRECISIONS
 from lossbench.errors import UserError, run, shown
 from lossbench.registry import REGISTRY, USER_LOSS
 
 # A device is a torch device kind. Which machine ran it is not part of its name: each machine's
 # results live in its own directory, results/<machine>/ (lossbench.machines).
 DEVICES = ("cpu", "cuda")
+MNIST_TRAIN_IMAGES = 60_000  # the task's training set (stages/download.py verifies its files by digest)
 
 
 def _device(v):
@@ -63,11 +65,13 @@ class Train(Strict):
     lr: PosFloat
     losses: Annotated[list[str], Field(min_length=1)]
     devices: Annotated[list[Device], Field(min_length=1)]
+    precisions: Annotated[list[Literal[PRECISIONS]], Field(min_length=1)]  # fp32: the tutorial's; bf16: autocast
+    modes: Annotated[list[Literal[MODES]], Field(min_length=1)]
     loader: Literal["preloaded", "dataloader"]
     repeats: PosInt
     warmup_steps: Annotated[int, Field(ge=0)]
 
-    @field_validator("losses", "devices")
+    @field_validator("losses", "devices", "precisions", "modes")
     @classmethod
     def _no_duplicates(cls, v):
         return _unique(v)
@@ -158,6 +162,19 @@ class Params(Strict):
         return v
 
     @model_validator(mode="after")
+    def _a_run_has_steps_to_time(self):
+        t, n = self.train, MNIST_TRAIN_IMAGES
+        if t.batch_size > n:
+            raise ValueError(f"train.batch_size: {t.batch_size} is more than the task's {n} training images: "
+                             f"at most {n}")
+        steps = t.epochs * -(-n // t.batch_size)
+        if t.warmup_steps >= steps:
+            raise ValueError(f"train.warmup_steps: {t.warmup_steps} leaves no step to time: a run has {steps} steps "
+                             f"(train.epochs {t.epochs} x {-(-n // t.batch_size)} batches of train.batch_size "
+                             f"{t.batch_size}): lower train.warmup_steps, or raise train.epochs")
+        return self
+
+    @model_validator(mode="after")
     def _every_loss_resolves(self):
         for name in self.train.losses:
             if name not in self.losses and name not in REGISTRY and not USER_LOSS.match(name):
@@ -185,7 +202,10 @@ class Params(Strict):
         for name, d in defs.items():
             reg = REGISTRY.get(d.fn)
             ref = d.reference
-            is_reference = name in referenced or name == self.report.reference or (reg and reg.reference)
+            # torch's own loss, however named (torch.nn.functional:l1_loss), is a reference: judging it against
+            # report.reference (an MSE) is almost never what its user wants
+            torch_own = d.fn.split(".")[0].split(":")[0] == "torch" and ":" in d.fn
+            is_reference = name in referenced or name == self.report.reference or (reg and reg.reference) or torch_own
             if ref is None and not is_reference:
                 ref = self.report.reference
             out[name] = Judged(name=name, fn=d.fn, args=d.args, reference=ref if ref != name else None,
@@ -195,7 +215,8 @@ class Params(Strict):
 
 def _short(value, width=60):
     text = repr(value)
-    return text if len(text) <= width else text[: width - 5] + " ...}"[: 4 + (text[0] in "{[")]
+    close = {"{": "}", "[": "]", "(": ")"}.get(text[:1], "")  # a cut list still reads as a list
+    return text if len(text) <= width else text[: width - 5] + " ..." + close
 
 
 class ParamsError(UserError):

@@ -2,8 +2,8 @@
 measurement, the bench and the pre-flight.
 
 A ``Trainer`` is the tutorial's state (the model built right after seeding, Adam, the loss) and its
-step: forward, loss, ``zero_grad``, backward, ``step``. The run options (the device now; the
-autocast dtype and ``torch.compile`` next) are applied here and nowhere else. A step never waits
+step: forward, loss, ``zero_grad``, backward, ``step``. The run options (the device, the precision:
+bf16 autocast, the mode: ``torch.compile``) are applied here and nowhere else, each at one line. A step never waits
 for the device: its loss comes back as a tensor, so on CUDA the host queues step after step while
 the GPU works, and a caller reads the values (one copy) when it needs them.
 
@@ -11,7 +11,11 @@ The loss under test is user code: an exception in its forward or backward become
 naming where it happened, with the user's own file and line.
 """
 
+import contextlib
+import sys
+
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lossbench import determinism
 from lossbench import problems, task
@@ -26,6 +30,7 @@ class RunError(UserError):
     def __init__(self, problem, where=""):
         super().__init__(problem.at(where))
         self.problem = problem
+        self.where = where
 
 
 def _no_mark():
@@ -46,34 +51,110 @@ def nudge(model, member):
             p.copy_(torch.nextafter(p, toward))
 
 
-class Trainer:
-    """Seeded model, Adam and the loss on one device; ``step`` is the tutorial's step."""
+class Dtypes(TorchDispatchMode):
+    """The floating dtypes the ops inside a call computed in, as they ran (after autocast's casts); views
+    (detach, reshape) compute nothing and are left out."""
 
-    def __init__(self, make_loss, device, lr, seed, member=0, dtype=torch.float32):
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.is_view:
+            return out
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                self.seen.add(str(t.dtype).removeprefix("torch."))
+        return out
+
+
+class NumpyCalls:
+    """Counts the calls into NumPy while active (a profile hook): under torch.compile a NumPy loss can be traced
+    into torch ops and never run NumPy at all, and only counting what ran tells."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def _hook(self, frame, event, arg):
+        if event == "call" and "/numpy/" in frame.f_code.co_filename:
+            self.calls += 1
+        elif event == "c_call" and (getattr(arg, "__module__", None) or "").startswith("numpy"):
+            self.calls += 1
+
+    def __enter__(self):
+        sys.setprofile(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        sys.setprofile(None)
+
+
+def _name(dtype):
+    return str(dtype).removeprefix("torch.")
+
+
+class Trainer:
+    """Seeded model, Adam and the loss on one device; ``step`` is the tutorial's step.
+
+    ``dtypes`` holds what the loss received, computed in and returned at its first call, as observed;
+    ``numpy_calls`` how many NumPy calls its second call made (the first compiles, under ``compiled``).
+    """
+
+    def __init__(self, make_loss, device, lr, seed, member=0, dtype=torch.float32, precision="fp32", mode="eager"):
         determinism.seed_everything(seed)
         self.device = device
+        self.precision = precision
+        self.mode = mode
+        self.dtypes = None
+        self.calls = 0
+        self.numpy_calls = None
         self.dtype = dtype  # float64: the reference's higher-precision run, a diagnostic (docs/envelope.md)
         self.model = task.model().to(device, dtype)  # built right after seeding, then moved (float32 -> float64 exact)
         if member:  # a member of the reference's noise ensemble: the same run, one rounding apart at the start
             nudge(self.model, member)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)  # the model's own parameters, compiled or not
         self.loss_fn = make_loss()
+        self.forward = self.model  # self.model stays the module itself: its parameters' names, its weights
+        if mode == "compiled":  # the mode: the model and the loss compiled, as users do
+            self.forward, self.loss_fn = torch.compile(self.model), torch.compile(self.loss_fn)
 
     def loss(self, x, where, mark=_no_mark):
         """Forward and loss on ``x`` (B, 784), input and target; the model's output and the loss tensor."""
         x = x.to(self.dtype)  # the same tensor in float32 (a no-op); exact in float64
-        out = self.model(x)  # (B, 784)
-        mark()
-        try:
-            loss = self.loss_fn(out, x)  # scalar
-        except Exception as e:  # user code: say where it broke (the traceback behind LOSSBENCH_DEBUG)
-            if debugging():
-                raise
-            raise RunError(problems.raised(raised(e)), where) from e
+        with self.autocast():  # the precision: around forward and loss, as users train
+            out = self.forward(x)  # (B, 784), bfloat16 under bf16
+            mark()
+            first = self.dtypes is None  # observed once: what the loss sees is the same at every step
+            self.calls += 1
+            if first:
+                self.dtypes = {"received": _name(out.dtype), "target": _name(x.dtype)}
+            # the ops' dtypes in eager (compiled code runs no Python ops to watch); NumPy's calls on the
+            # second call, when compiled code runs (the first compiles)
+            observe = Dtypes() if first and self.mode == "eager" else contextlib.nullcontext()
+            if self.calls == 2:
+                observe = counting = NumpyCalls()
+            try:
+                with observe:
+                    loss = self.loss_fn(out, x)  # scalar
+            except Exception as e:  # user code: say where it broke (the traceback behind LOSSBENCH_DEBUG)
+                if debugging():
+                    raise
+                raise RunError(problems.raised(raised(e)), where) from e
+        if self.calls == 2:
+            self.numpy_calls = counting.calls
+        if first:
+            self.dtypes |= {"computed": sorted(observe.seen) if isinstance(observe, Dtypes) else None,
+                            "returned": _name(loss.dtype) if isinstance(loss, torch.Tensor) else None}
         problem = problems.not_scalar(loss)
         if problem:
             raise RunError(problem, where)
         return out, loss
+
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()  # fp32: the tutorial's step, untouched
 
     def backward(self, loss, where):
         try:

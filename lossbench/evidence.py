@@ -70,6 +70,13 @@ def within_noise(values, ref, level, multiplier, steps):
             "first_outside": first, "growth": growth, "noise_max": float(level.max())}
 
 
+def first_visible(members, ref):
+    """The first step (1-based) at which some member's loss differs from the reference's, or None: whether
+    the one-ulp nudge survived the precision the run computes in (bf16 casts could have rounded it away)."""
+    differs = np.flatnonzero(np.any(members != ref, axis=0))
+    return int(differs[0]) + 1 if differs.size else None
+
+
 def against_fp64(values, ref, fp64):
     """The diagnostic beside the verdict: the candidate's and its reference's largest distance from the
     reference's float64 run, and their ratio (torch._dynamo's accuracy check passes fp32 below 2x). One
@@ -127,11 +134,17 @@ def gradients(grads, ref, rtol, forward_equal=True, spread=None, floor_ulps=0.0,
         text = f"step 1: every gradient within {rtol:g} of the reference's (max rel err {tensors[worst]['max_rel_err']:.3g})"
     elif factor == 0:
         text = "step 1: no gradient reaches the model (every gradient is 0): the loss is detached from the graph"
+    elif factor is not None and factor < 0:
+        text = (f"step 1: every gradient is {factor:.3f}x the reference's: sign flipped"
+                + ("" if forward_equal else ", and the loss differs too"))
     elif factor is not None and forward_equal:
         text = f"step 1: every gradient is {factor:.3f}x the reference's: the backward is scaled wrongly"
     elif factor is not None:
         text = (f"step 1: every gradient is {factor:.3f}x the reference's, and the loss differs too: "
                 "the loss itself is scaled, not only its backward")
+    elif not forward_equal:  # the forward differs already: the gradients follow it, the backward may be right
+        text = (f"step 1: the loss itself differs from the reference's, so the forward is wrong first; the gradients "
+                f"differ too, worst in {worst} (max rel err {tensors[worst]['max_rel_err']:.3g})")
     else:
         text = (f"step 1: gradients differ, worst in {worst} (max rel err {tensors[worst]['max_rel_err']:.3g}): "
                 "the backward is wrong")

@@ -43,10 +43,8 @@ def diagnose(built, available, devices, driver):
         return (f"torch {torch.__version__} was built without CUDA: install the pinned CUDA build "
                 "(make repro; in Docker: make docker)")
     if not devices:
-        return (f"torch {torch.__version__} is built with CUDA {torch.version.cuda} but no GPU is visible "
-                "(no /dev/nvidia* devices): on a host, install an NVIDIA GPU and driver; in Docker, pass "
-                f"the GPUs: {DOCKER_RUN} (if docker answers 'could not select device driver', install the "
-                "NVIDIA Container Toolkit and restart docker)")
+        return (f"no GPU is visible (torch {torch.__version__}, CUDA {torch.version.cuda}; no /dev/nvidia*): "
+                "docs/gpu-run.md says how to run cuda (in Docker: --gpus all)")
     return (f"GPU devices are present ({', '.join(devices)}) but torch {torch.__version__} "
             f"(CUDA {torch.version.cuda}) cannot use them; driver: {driver or 'unknown'}. The driver is "
             "probably older than this CUDA build needs: update it, or build the image for it with "
@@ -75,6 +73,11 @@ def main(argv=None):
     if reason is None:
         return 0
     print(f"lossbench: train.devices asks for {', '.join(mine)}, which cannot run here: {reason}", file=sys.stderr)
+    if torch.backends.cuda.is_built() and not glob.glob("/dev/nvidia[0-9]*"):  # once, before the pipeline starts:
+        # the whole how-to (the check records and the report keep the reason short)
+        print(f"lossbench: on a host, install an NVIDIA GPU and driver; in Docker, pass the GPUs: {DOCKER_RUN} (if "
+              "docker answers 'could not select device driver', install the NVIDIA Container Toolkit and restart "
+              "docker)", file=sys.stderr)
     if devices_required():
         print(f"lossbench: {REQUIRE_DEVICES}=1, stopping.", file=sys.stderr)
         return 3

@@ -48,7 +48,14 @@ class NumpyMSE(torch.autograd.Function):
 
 
 class WrongBackward(NumpyMSE):
-    """Negative control: NumpyMSE's forward, its gradient doubled. Caught at step 1 by the gradient check."""
+    """Negative control: NumpyMSE's forward, its gradient doubled. Caught at step 1 by the gradient check.
+
+    Its inputs go to float32 first (the same tensors in fp32), so that it runs under bf16 autocast too and the
+    bf16 checks can be shown to fail; the tutorial's NumpyMSE stays as it is."""
+
+    @staticmethod
+    def forward(ctx, input, target):
+        return NumpyMSE.forward(ctx, input.float(), target.float())
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -57,9 +64,10 @@ class WrongBackward(NumpyMSE):
 
 
 def numpy_detached(input, target):
-    """Negative control: NumPy loss wrapped back into a tensor without autograd."""
-    a = input.detach().cpu().numpy()
-    b = target.detach().cpu().numpy()
+    """Negative control: NumPy loss wrapped back into a tensor without autograd (in float32 first, as
+    WrongBackward, so that it runs under bf16 too)."""
+    a = input.detach().float().cpu().numpy()
+    b = target.detach().float().cpu().numpy()
     # the pitfall: a fresh leaf tensor has no history, so no gradient reaches the model
     return torch.tensor(np.mean((a - b) ** 2), device=input.device, requires_grad=True)
 

@@ -5,7 +5,6 @@ summary.json (verdicts, costs, platforms) and the per-step losses of its plot
 data. Torch-free: it runs in a second on any clone, trained or not.
 """
 
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,14 +12,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-LOSS_PLOT = "plots/loss/{device}.csv"
+from lossbench.configuration import of_row, rekeyed
+
+LOSS_PLOT = "plots/loss/{setting}.csv"
 
 
 @dataclass
 class Machine:
     name: str
     summary: dict
-    losses: dict  # device -> DataFrame indexed by global_step, one column per loss
+    losses: dict  # setting (device-precision-mode) -> DataFrame indexed by global_step, one column per loss
 
 
 @dataclass
@@ -36,10 +37,10 @@ def load(results):
     for path in sorted(Path(results).glob("*/report/summary.json")):
         report = path.parent
         summary = json.loads(path.read_text())
-        devices = {row["device"] for row in summary["configs"].values()}
-        losses = {d: pd.read_csv(io.StringIO((report / LOSS_PLOT.format(device=d)).read_text()),
-                                 index_col="global_step")
-                  for d in sorted(devices) if (report / LOSS_PLOT.format(device=d)).is_file()}
+        summary["configs"] = rekeyed(summary["configs"])
+        settings = {of_row(row).setting for row in summary["configs"].values()}
+        losses = {s: pd.read_csv(report / LOSS_PLOT.format(setting=s), index_col="global_step")
+                  for s in sorted(settings) if (report / LOSS_PLOT.format(setting=s)).is_file()}
         machines.append(Machine(report.parent.name, summary, losses))
     return machines
 
@@ -66,10 +67,10 @@ def build(machines, tolerance):
                 other = b.summary["configs"].get(key)
                 if row["status"] != "ran" or other is None or other["status"] != "ran":
                     continue
-                device, loss = row["device"], row["loss"]
-                if device not in a.losses or device not in b.losses or loss not in a.losses[device]:
+                setting, loss = of_row(row).setting, row["loss"]
+                if setting not in a.losses or setting not in b.losses or loss not in a.losses[setting]:
                     continue
-                ref, values = a.losses[device][loss], b.losses[device][loss]
+                ref, values = a.losses[setting][loss], b.losses[setting][loss]
                 if len(ref) != len(values):  # different params: not the same experiment
                     continue
                 c = compare(values.to_numpy(), ref, tolerance.atol, tolerance.rtol)

@@ -20,17 +20,21 @@ from lossbench.errors import ROOT, debugging, raised
 from lossbench.registry import REGISTRY
 
 
-def preflight(spec, device):
-    """None when the loss behaves in the training step, else the Problem: the one Trainer runs the
-    model's forward and the loss on a probe batch, then the backward to the model's output."""
-    trainer = Trainer(spec.make, device, 1e-3, 0)
+def preflight(spec, device, precision="fp32", mode="eager"):
+    """(problem, dtypes): None when the loss behaves in the training step, else the Problem; and the dtypes
+    it received, computed in and returned. The one Trainer runs the model's forward and the loss on a probe
+    batch under the precision, then the backward to the model's output. A loss may return another dtype
+    than it received (bf16 autocast upcasts mse_loss; a loss may compute in float64): the report notes it."""
+    trainer = Trainer(spec.make, device, 1e-3, 0, precision=precision, mode=mode)
     x = task.probe(device)  # (4, 784)
+    return _behaves(trainer, x), trainer.dtypes
+
+
+def _behaves(trainer, x):
     try:
         out, loss = trainer.loss(x, "")
     except RunError as e:  # raised, or not a scalar tensor
         return e.problem
-    if loss.dtype != out.dtype:
-        return problems.wrong_dtype(loss.dtype, out.dtype)
     if loss.device != out.device:
         return problems.wrong_device(loss.device, out.device)
     if not torch.isfinite(loss):
@@ -50,14 +54,15 @@ def preflight(spec, device):
     return None
 
 
-def check(spec, device):
-    """preflight, judged by what the loss declares: a detached control must fail the graph check, and only that."""
-    problem = preflight(spec, device)
+def check(spec, device, precision="fp32", mode="eager"):
+    """(problem, dtypes): preflight, judged by what the loss declares: a detached control must fail the graph
+    check, and only that."""
+    problem, dtypes = preflight(spec, device, precision, mode)
     if spec.updates_weights:
-        return problem
+        return problem, dtypes
     if problem is None:
-        return problems.not_detached()
-    return None if problem.code == problems.DETACHED else problem
+        return problems.not_detached(), dtypes
+    return (None if problem.code == problems.DETACHED else problem), dtypes
 
 
 def _sha256(path):

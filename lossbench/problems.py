@@ -13,16 +13,19 @@ class Problem:
         """The one line a user reads: where it happened, then what is wrong."""
         return f"{where}: {self.message}" if where else self.message
 
+    def as_dict(self):
+        return {"code": self.code, "message": self.message}
+
 
 RAISED = "raised"
 BACKWARD_RAISED = "backward_raised"
 NOT_A_TENSOR = "not_a_tensor"
 NOT_SCALAR = "not_scalar"
-WRONG_DTYPE = "wrong_dtype"
 WRONG_DEVICE = "wrong_device"
 NOT_FINITE = "not_finite"
 DETACHED = "detached"
 GRADIENT_NOT_FINITE = "gradient_not_finite"
+UNSUPPORTED = "unsupported"  # runs in fp32, fails under a requested setting (bf16): a finding, not a crash
 NOT_DETACHED = "not_detached"  # declared detached (a negative control), yet its gradient reaches the input
 
 
@@ -42,10 +45,6 @@ def not_scalar(loss):
         return Problem(NOT_SCALAR, f"the loss returned shape {tuple(loss.shape)}, expected a scalar (shape ()): "
                                    "reduce it, e.g. .mean()")
     return None
-
-
-def wrong_dtype(got, expected):
-    return Problem(WRONG_DTYPE, f"the loss returned {got}, expected {expected} (the input's dtype)")
 
 
 def wrong_device(got, expected):
@@ -69,3 +68,17 @@ def gradient_not_finite():
 def not_detached():
     return Problem(NOT_DETACHED, "the loss is declared detached (no gradient reaches the model), but its gradient "
                                  "reaches the input")
+
+
+def unsupported(precision, mode, device, problem):
+    """A loss that runs in fp32, eager and fails under ``precision`` or ``mode``: the reason and the fix, one line."""
+    setting = " and ".join([*([precision] if precision != "fp32" else []), *(["torch.compile"] if mode != "eager" else [])])
+    fixes = []
+    if precision != "fp32":
+        fixes.append("call .float() on its inputs first, or decorate its forward with "
+                     f"@torch.amp.custom_fwd(device_type={device!r}, cast_inputs=torch.float32) "
+                     "(losses/examples.py NumpyMSEFloat32)")
+    if mode != "eager":
+        fixes.append("make its NumPy code an opaque op that compile calls as it is: torch.library.custom_op with "
+                     "register_fake and register_autograd (losses/numpy_op.py)")
+    return Problem(UNSUPPORTED, f"unsupported under {setting}: {problem.message}; the fix: {'; and '.join(fixes)}")

@@ -7,23 +7,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lossbench.configuration import Configuration  # noqa: E402
+from lossbench.configuration import of_row  # noqa: E402
 from lossbench.io import PHASES, atomic_path  # noqa: E402
 
 
 def plot_tables(runs, plan):
-    """Per device: (losses, |loss - its reference|), each a wide table indexed by global_step.
+    """Per setting (device, precision, mode): (a configuration of it, losses, |loss - its reference|), each
+    a wide table indexed by global_step, one column per loss.
 
     A reference's own column in the second table is 0: it is compared with nothing.
     """
     out = {}
-    for device in sorted({d for (_, d), r in runs.items() if r.steps is not None}):
-        ran = {l: r for (l, d), r in runs.items() if d == device and r.steps is not None}
-        steps = next(iter(ran.values())).steps
+    for setting in dict.fromkeys(c.setting for c, r in runs.items() if r.steps is not None):
+        ran = {c: r for c, r in runs.items() if c.setting == setting and r.steps is not None}
+        first = next(iter(ran))
+        steps = ran[first].steps
         idx = pd.Index(steps.loc[steps["repeat"] == 1, "global_step"], name="global_step")
-        loss = pd.DataFrame({l: r.losses() for l, r in ran.items()}, index=idx)
-        diff = pd.DataFrame({l: (loss[l] - loss[plan[l].reference or l]).abs() for l in loss}, index=idx)
-        out[device] = (loss, diff)
+        loss = pd.DataFrame({c.loss: r.losses() for c, r in ran.items()}, index=idx)
+        diff = pd.DataFrame({l: (loss[l] - loss[plan[l].reference or l]).abs() for l in loss
+                             if (plan[l].reference or l) in loss}, index=idx)
+        out[setting] = (first, loss, diff)
     return out
 
 
@@ -49,17 +52,17 @@ def draw(tables, res, params, out):
     tol = params.report.same_device
     plan = params.plan()
     order = list(plan)  # one order everywhere: train.losses, as the tables
-    for device, (loss, diff) in tables.items():
+    for setting, (config, loss, diff) in tables.items():
         fig, ax = plt.subplots(figsize=(9.5, 3.8), dpi=80)
         twins = _twins(loss)
         for i, name in enumerate(loss.columns):
             same = f" (= {twins[name]} at every step: on top of it)" if twins[name] else ""
             ax.plot(loss.index, loss[name], label=name + same, **_style(i))
-        ax.set(title=f"Loss per step ({device})", xlabel="global step", ylabel="loss")
+        ax.set(title=f"Loss per step ({setting})", xlabel="global step", ylabel="loss")
         note = "a curve bitwise equal to another lies on top of it" if any(twins.values()) else None
         # beside the axes: never over data
         ax.legend(fontsize=7, title=note, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-        paths.append(_save(fig, out / f"loss-{device}.png"))
+        paths.append(_save(fig, out / f"loss-{setting}.png"))
         fig, ax = plt.subplots(figsize=(9.5, 3.8), dpi=80)
         for i, name in enumerate(diff.columns):
             if plan[name].reference is None:
@@ -68,7 +71,7 @@ def draw(tables, res, params, out):
             label = f"{name} vs {plan[name].reference}" + (" (bitwise equal: no line)" if (diff[name] == 0).all() else "")
             ax.plot(diff.index, diff[name].where(diff[name] > 0), label=label, **_style(i))
         for j, ref in enumerate(sorted({plan[n].reference for n in diff.columns if plan[n].reference is not None})):
-            key = Configuration(ref, device).key
+            key = config.of(ref).key
             if key in res.bounds:  # the envelope rule: the bound moves with the reference's own noise
                 bound = pd.Series(res.bounds[key], index=loss.index)
                 label = f"{params.report.envelope.multiplier:g}x {ref}'s rounding noise (the bound)"
@@ -77,21 +80,22 @@ def draw(tables, res, params, out):
                 label = f"tolerance ({tol.atol:g} + {tol.rtol:g} * |{ref}|)"
             ax.plot(bound.index, bound, label=label, **{**TOLERANCE, "ls": STYLES[j % len(STYLES)]})
         ax.set_yscale("log")
-        ax.set(title=f"|loss - its reference| per step ({device})", xlabel="global step",
+        ax.set(title=f"|loss - its reference| per step ({setting})", xlabel="global step",
                ylabel="|diff| (zeros not drawn)")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-        paths.append(_save(fig, out / f"absdiff-{device}.png"))
-    timed = pd.DataFrame([{"loss": r["loss"], "device": r["device"], "ms": r["cost_step_ms"][0],
+        paths.append(_save(fig, out / f"absdiff-{setting}.png"))
+    timed = pd.DataFrame([{"loss": r["loss"], "setting": of_row(r).setting,
+                           "ms": r["cost_step_ms"][0],
                            "lo": r["cost_step_ms"][0] - r["cost_step_ms"][1],
                            "hi": r["cost_step_ms"][2] - r["cost_step_ms"][0]}
                           for r in res.configs.values() if r.get("cost_step_ms")])
     if not timed.empty:
         rows = [n for n in order if n in set(timed["loss"])]
-        ms, lo, hi = (timed.pivot(index="loss", columns="device", values=v).reindex(rows) for v in ("ms", "lo", "hi"))
+        ms, lo, hi = (timed.pivot(index="loss", columns="setting", values=v).reindex(rows) for v in ("ms", "lo", "hi"))
         fig, ax = plt.subplots(figsize=(7, 3.8), dpi=80)
         ms.plot.barh(ax=ax, xerr=np.stack([lo.to_numpy().T, hi.to_numpy().T], axis=1), capsize=2)
         ax.invert_yaxis()  # first row on top, as in the tables
-        ax.legend(title="device", fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        ax.legend(title="setting", fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
         ax.set(title="Timed step, all losses in turn (bars: 95% interval)", xlabel="ms per step", ylabel="")
         paths.append(_save(fig, out / "step-time.png"))
     return paths
@@ -133,7 +137,11 @@ def _cost(r):
 def _noise(r):
     """``0.19x`` (trajectory; step-1 gradients after the slash), the reference's own noise for a reference."""
     if r.get("verdict") == "reference":
-        return f"noise max {r['noise_max']:.2g}" if pd.notna(r.get("noise_max")) else "-"
+        if pd.isna(r.get("noise_max")):
+            return "-"
+        seen = r.get("nudge_visible_from")
+        return f"noise max {r['noise_max']:.2g}" + (f" (members apart from step {int(seen)})" if pd.notna(seen) else
+                                                    " (**the nudge did not survive**)")
     if r.get("noise_used") is None or pd.isna(r.get("noise_used")):
         return ""
     out = f"{r['noise_used']:.2g}x / {r['grad_noise_used']:.2g}x"
@@ -148,6 +156,24 @@ def _fp64(r):
         return f"own {r['fp64_max_diff']:.2g}" if pd.notna(r.get("fp64_max_diff")) else "-"
     ratio = r.get("fp64_ratio")
     return "" if ratio is None or pd.isna(ratio) else f"{ratio:.2g}x the reference's"
+
+
+def _compiled(r):
+    c = r["compile"]
+    reasons = "; ".join(f"{k} (x{v})" for k, v in c["reasons"].items())
+    out = (f"{c['graph_breaks']} graph break(s)" + (f" ({reasons})" if reasons else "")
+           + f", {c['graphs']} graph(s), {c['recompilations']} recompilation(s)"
+           + (f", compile {c['seconds']:.1f} s" if c.get("seconds") is not None else ""))
+    calls, eager = r.get("numpy_calls"), (r.get("vs_eager") or {})
+    if calls == 0 and eager.get("numpy_calls_eager"):
+        out += (f"; its NumPy did not run: compile traced it into torch ops (eager makes {eager['numpy_calls_eager']} "
+                "NumPy calls a step, compiled 0): the loss judged here is not the NumPy code")
+    elif calls:
+        out += f"; NumPy ran ({calls} calls a step)"
+    if eager:
+        out += (f"; against itself eager: max |diff| {eager['max_abs_diff']:.3g}, bitwise-equal steps "
+                f"{eager['bitwise_equal_steps']} / {r['steps']}")
+    return out
 
 
 def fmt(x, spec):
@@ -167,9 +193,14 @@ def markdown(params, res, images):
     for device, p in res.platforms.items():
         lines.append(f"- `{device}`: {p['gpu'] or p['cpu']}; torch {p['torch']}"
                      + (f", CUDA {p['cuda']}" if p["cuda"] else f", {p['threads']} threads")
-                     + f", Python {p['python']}" + (f"; ran on {p['host']}" if p.get("host") else ""))
+                     + f", Python {p['python']}" + (f"; ran on {p['host']}" if p.get("host") else "")
+                     + ("; bf16 is emulated here (no bf16 instructions): a bf16 cost measures the emulation"
+                        if p.get("bf16_native") is False and "bf16" in t.precisions else ""))
     lines.append("")
-    notrun = rows[rows["status"] != "ran"]
+    unsupported = rows[rows["status"] == "unsupported"]
+    if not unsupported.empty:  # a finding: the loss runs in fp32 and not under this setting
+        lines += ["## Unsupported", ""] + [f"- **{k}**: {r['reason']}" for k, r in unsupported.iterrows()] + [""]
+    notrun = rows[~rows["status"].isin(["ran", "unsupported"])]
     if not notrun.empty:
         lines += ["## Not run", ""]
         for (device, reason), group in notrun.groupby(["device", "reason"], sort=False):
@@ -227,6 +258,17 @@ def markdown(params, res, images):
     if res.failures:
         lines += ["## Failures", ""] + [f"- {f}" for f in res.failures] + [""]
     lines += ["## Details", ""]
+    differ = {key: r["dtypes_differ"] for key, r in res.configs.items() if r.get("dtypes_differ")}
+    if differ:
+        lines += ["### Dtypes", "", "What each loss received, computed in and returned at its first step, observed "
+                  "in the run, where it differs from its reference's (autocast upcasts some torch losses to float32 "
+                  "and not a custom one):", ""] + [f"- **{k}**: {v}" for k, v in differ.items()] + [""]
+    compiled = {key: r for key, r in res.configs.items() if r.get("compile")}
+    if compiled:
+        lines += ["### Compiled", "", "Per compiled configuration: what torch.compile did (the first step compiles: its "
+                  "time beyond a step's is the compile time, kept out of the step cost), whether the loss's NumPy "
+                  "really ran (its calls counted in a step, as it ran), and the run against itself eager.", ""]
+        lines += [f"- **{k}**: {_compiled(r)}" for k, r in compiled.items()] + [""]
     judged = {key: r for key, r in res.configs.items() if r.get("grad_summary")}
     if judged:
         lines += ["### Gradients and weights", "",
@@ -255,7 +297,7 @@ def markdown(params, res, images):
 
 
 def write_plot_data(tables, out):
-    for device, (loss, diff) in tables.items():
+    for setting, (_, loss, diff) in tables.items():
         for kind, df in (("loss", loss), ("absdiff", diff)):
-            with atomic_path(out / "plots" / kind / f"{device}.csv") as tmp:
+            with atomic_path(out / "plots" / kind / f"{setting}.csv") as tmp:
                 df.to_csv(tmp)

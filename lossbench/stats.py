@@ -38,8 +38,25 @@ def mean_ci(values):
     return mean, max(0.0, mean - half), mean + half
 
 
-def label(ratio, lo, hi, min_effect):
-    """`no measurable difference` unless the interval excludes 1 and the effect passes ``min_effect``."""
-    if math.isnan(lo) or lo <= 1 <= hi or max(ratio, 1 / ratio) < min_effect:
-        return "no measurable difference"
-    return "slower" if ratio > 1 else "faster"
+def spread(values, reference):
+    """The per-round ratios' standard deviation as a share of their mean: how noisy the measurement was."""
+    r = np.asarray(values, dtype=float) / np.asarray(reference, dtype=float)
+    return float(np.std(r, ddof=1) / np.mean(r)) if r.size > 1 else float("nan")
+
+
+NOISY = 0.10  # pyperf warns from a standard deviation of 10% of the mean
+
+
+def label(ratio, lo, hi, min_effect, noise=None):
+    """`no measurable difference` while the interval holds 1; `below the <min_effect> effect floor` when it excludes
+    1 by less than ``min_effect``; else slower or faster. A measurement whose per-round ratios spread by
+    ``NOISY`` or more (``noise``: lossbench.stats.spread) says so."""
+    if math.isnan(lo) or lo <= 1 <= hi:
+        text = "no measurable difference"
+    elif max(ratio, 1 / ratio) < min_effect:
+        text = f"below the {min_effect:g} effect floor"
+    else:
+        text = "slower" if ratio > 1 else "faster"
+    if noise is not None and noise >= NOISY:
+        text += f" (noisy: rounds spread {100 * noise:.0f}%; re-run on a quieter machine)"
+    return text

@@ -11,7 +11,6 @@ cancels and only what differs within a round counts.
 
 import numpy as np
 
-from lossbench.configuration import Configuration
 from lossbench.io import PHASES
 from lossbench.engine import Trainer
 from lossbench.training import Clock
@@ -20,8 +19,8 @@ from lossbench.training import Clock
 class Runner:
     """One loss's training state (the one Trainer) and an endless walk through the batches."""
 
-    def __init__(self, spec, batches, device, lr, seed, label):
-        self.trainer = Trainer(spec.make, device, lr, seed)
+    def __init__(self, spec, batches, device, precision, mode, lr, seed, label):
+        self.trainer = Trainer(spec.make, device, lr, seed, precision=precision, mode=mode)
         self.batches, self.it = batches, iter(batches())
         self.clock = Clock(device)
         self.label = label
@@ -45,14 +44,16 @@ class Runner:
         return np.column_stack([rows.sum(axis=1), rows])
 
 
-def interleaved(specs, batches, device, lr, seed, rounds, steps, warmup):
-    """Per loss, per round: the median step seconds and the median seconds of each phase.
+def interleaved(specs, batches, device, precision, mode, lr, seed, rounds, steps, warmup):
+    """Per configuration (``specs``: its key -> its loss), per round: the median step seconds and the median
+    seconds of each phase.
 
     Within a round the losses take turns one step at a time, the order rotated every step: a
     block of steps per loss let the machine drift between blocks (per-round ratios spread 7-12%
     here, intervals up to 4.4% wide); turn by turn they spread 5-8% (intervals 1.1-1.8%).
     """
-    runners = {name: Runner(spec, batches, device, lr, seed, f"{Configuration(name, device).key} timing") for name, spec in specs.items()}
+    runners = {key: Runner(spec, batches, device, precision, mode, lr, seed, f"{key} timing")
+               for key, spec in specs.items()}
     for r in runners.values():  # first steps (allocator, thread pool, caches) stay out of the figures
         for _ in range(warmup):
             r.step("warm-up")

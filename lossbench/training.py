@@ -36,7 +36,8 @@ def _at(label, epoch, step, global_step):
     return f"{label}, epoch {epoch}, step {step} (global step {global_step})"
 
 
-def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=None, member=0, dtype=torch.float32):
+def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=None, member=0, dtype=torch.float32,
+             precision="fp32", mode="eager"):
     """The tutorial's loop. Returns the steps table and the weights (digests, final tensors).
 
     ``batches()`` yields one epoch of (B, 784) tensors on ``device``. The loss
@@ -45,7 +46,7 @@ def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=No
     step is timed by the clock's marks around it (CUDA events on CUDA), all
     read once at the end.
     """
-    trainer = Trainer(make_loss, device, lr, seed, member, dtype)
+    trainer = Trainer(make_loss, device, lr, seed, member, dtype, precision, mode)
     start = weights_digest(trainer.model)
     clock = Clock(device)
     where, values, marks = [], [], []
@@ -60,7 +61,7 @@ def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=No
             if progress is not None:
                 progress.update()
     seconds = clock.elapsed(marks)[::2]  # (start, end) of each step; waits for the device once
-    losses = torch.stack(values).cpu().numpy().astype(np.float64)  # (steps,): exactly the values, float32 or 64
+    losses = torch.stack(values).double().cpu().numpy()  # (steps,): exactly the values, whatever their float dtype
     total = time.perf_counter() - t_start
     bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size:  # the first step whose loss is NaN or Inf, named as if it had stopped there
@@ -70,15 +71,15 @@ def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=No
                           "global_step": np.arange(1, len(where) + 1), "loss": losses, "seconds": seconds})
     weights = {k: v.detach().cpu().numpy() for k, v in trainer.model.state_dict().items()}
     return steps, {"weights_start": start, "weights_end": weights_digest(trainer.model), "total_seconds": total,
-                   "weights": weights}
+                   "weights": weights, "dtypes": trainer.dtypes, "numpy_calls": trainer.numpy_calls}
 
 
-def first_step_gradients(make_loss, batches, device, seed, member=0):
+def first_step_gradients(make_loss, batches, device, seed, member=0, precision="fp32", mode="eager"):
     """Every parameter's gradient after step 1's backward, from the seeded initial weights.
 
     A parameter that no gradient reaches gets zeros (the detached control).
     """
-    trainer = Trainer(make_loss, device, 1e-3, seed, member)  # no step is taken: the learning rate plays no part
+    trainer = Trainer(make_loss, device, 1e-3, seed, member, precision=precision, mode=mode)  # no step is taken: the learning rate plays no part
     return trainer.gradients(next(iter(batches())), "step-1 gradients")  # the first batch, (B, 784)
 
 
@@ -109,7 +110,16 @@ def step_stats(seconds, warmup):
     return {"median": float(np.median(kept)), "p90": float(np.percentile(kept, 90))}
 
 
-def train_config(spec, device, train, root, label, members=0):
+def compile_stats():
+    """What torch.compile did in this process so far: graph breaks (count and reasons) and graphs compiled."""
+    from torch._dynamo.utils import counters
+
+    reasons = {str(k): int(v) for k, v in counters["graph_break"].items()}
+    return {"graph_breaks": sum(reasons.values()), "reasons": reasons,
+            "graphs": int(counters["stats"]["unique_graphs"])}
+
+
+def train_config(spec, device, train, root, label, members=0, precision="fp32", mode="eager"):
     """All repeats of one configuration and the gradient evidence; for a reference, its envelope.
 
     Returns (steps, run, tensors): tensors holds ``grads`` (step 1) and ``weights`` (final, repeat 1),
@@ -120,20 +130,30 @@ def train_config(spec, device, train, root, label, members=0):
     batches, per_epoch = task.batches(train.loader, root, device, train.batch_size)
     n_steps = train.epochs * per_epoch
     tables, repeats = [], []
+    if mode == "compiled":  # this configuration's compilations only
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
     with tqdm(total=n_steps * (train.repeats + members + bool(members)), desc=label, file=sys.stderr, mininterval=1) as bar:
         for r in range(1, train.repeats + 1):
             steps, info = run_once(spec.make, batches, device, train.epochs, train.lr,
-                                   train.seed, f"{label} repeat {r}", bar)
+                                   train.seed, f"{label} repeat {r}", bar, precision=precision, mode=mode)
             weights = info.pop("weights")
+            dtypes = info.pop("dtypes")  # the same in every repeat
+            numpy_calls = info.pop("numpy_calls")
             info["step_seconds"] = step_stats(steps["seconds"], train.warmup_steps)
             repeats.append(info)
             tables.append(steps.assign(repeat=r))
             if r == 1:
                 final = weights
+                seconds = steps["seconds"].to_numpy()
+                compiled = None if mode == "eager" else {
+                    **compile_stats(),
+                    # the first step compiles: its time beyond a step's, kept out of the step statistics
+                    "seconds": float(seconds[0] - np.median(seconds[1:])) if seconds.size > 1 else None}
         ensemble, t0 = {}, time.perf_counter()
         for m in range(1, members + 1):  # the reference's own rounding noise: the same run, nudged by one ulp
             member, _ = run_once(spec.make, batches, device, train.epochs, train.lr, train.seed,
-                                 f"{label} noise member {m}", bar, member=m)
+                                 f"{label} noise member {m}", bar, member=m, precision=precision, mode=mode)
             ensemble[f"member_{m}"] = member["loss"].to_numpy()
         noise_seconds = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -142,11 +162,16 @@ def train_config(spec, device, train, root, label, members=0):
                                  f"{label} in float64", bar, dtype=torch.float64)
             ensemble["fp64"] = oracle["loss"].to_numpy()
         fp64_seconds = time.perf_counter() - t1
-    grads = first_step_gradients(spec.make, batches, device, train.seed)
+    grads = first_step_gradients(spec.make, batches, device, train.seed, precision=precision, mode=mode)
+    if compiled:  # graphs compiled after the first run: recompilations (a new model, the gradients' pass)
+        compiled["recompilations"] = compile_stats()["graphs"] - compiled["graphs"]
     first = repeats[0]
     run = {
         "status": "ran",
         "updates_weights": spec.updates_weights,
+        "dtypes": dtypes,  # what the loss received, computed in and returned, observed at its first step
+        "numpy_calls": numpy_calls,  # NumPy calls in the loss's second step, as they ran (0: none ran)
+        "compile": compiled,
         "weights_start": first["weights_start"],
         "weights_end": first["weights_end"],
         "weights_changed": first["weights_start"] != first["weights_end"],
@@ -161,6 +186,7 @@ def train_config(spec, device, train, root, label, members=0):
                            "seeded by the member's number)"}
         tensors["envelope"] = pd.DataFrame({"global_step": np.arange(1, n_steps + 1), **ensemble})
         tensors["envelope_gradients"] = evidence.gradient_noise(
-            [first_step_gradients(spec.make, batches, device, train.seed, member=m) for m in range(1, members + 1)],
+            [first_step_gradients(spec.make, batches, device, train.seed, member=m, precision=precision, mode=mode)
+             for m in range(1, members + 1)],
             grads)
     return pd.concat(tables)[STEP_COLUMNS], run, tensors

@@ -7,7 +7,7 @@ the losses that should train; repeats bitwise identical; each loss equal to
 itself across devices; and each candidate's cost ratio to its reference.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,7 @@ class ReportError(UserError):
 
 @dataclass
 class Run:
-    loss: str
-    device: str
+    config: Configuration
     info: dict
     steps: pd.DataFrame | None = None  # None when the configuration did not run
     grads: dict | None = None  # step-1 gradient per parameter
@@ -37,21 +36,29 @@ class Run:
 
     @property
     def name(self):
-        return Configuration(self.loss, self.device).key
+        return self.config.key
+
+    @property
+    def loss(self):
+        return self.config.loss
+
+    @property
+    def device(self):
+        return self.config.device
 
     def losses(self, repeat=1):
         s = self.steps
         return s.loc[s["repeat"] == repeat, "loss"].to_numpy()
 
 
-def load_run(run_dir, loss, device):
+def load_run(run_dir, config):
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").is_file():  # a machine that committed its lock but not pushed its outputs
-        return Run(loss, device, {"status": "missing", "reason": f"no result: {run_dir}/run.json is not here "
+        return Run(config, {"status": "missing", "reason": f"no result: {run_dir}/run.json is not here "
                                   "(`make repro` on its machine; from another machine: `make pull`)"})
     info = read_json(run_dir / "run.json")
     if info.get("status") != "ran":
-        return Run(loss, device, info)
+        return Run(config, info)
     path = run_dir / "steps.csv"
     if not path.is_file():
         raise ReportError(f"{path}: missing, but run.json says the run finished")
@@ -68,13 +75,13 @@ def load_run(run_dir, loss, device):
         members = table.filter(like="member_").to_numpy().T  # (K, steps)
         fp64 = table["fp64"].to_numpy()  # (steps,)
         member_gradients = read_json(run_dir / "envelope_gradients.json")
-    return Run(loss, device, info, steps, read_tensors(run_dir / "grads.npz"), read_tensors(run_dir / "weights.npz"),
+    return Run(config, info, steps, read_tensors(run_dir / "grads.npz"), read_tensors(run_dir / "weights.npz"),
                members, fp64, member_gradients)
 
 
 def load_runs(runs_dir, configurations):
-    """Per (loss, device): its run, read from the configuration's own directory."""
-    return {(c.loss, c.device): load_run(c.run_dir(runs_dir), c.loss, c.device) for c in configurations}
+    """Per configuration: its run, read from the configuration's own directory."""
+    return {c: load_run(c.run_dir(runs_dir), c) for c in configurations}
 
 
 def repeat_mismatch(run):
@@ -90,7 +97,7 @@ def repeat_mismatch(run):
         if diff.size:
             j = int(diff[0])
             return (f"{run.name}: repeat {r} differs from repeat 1 at global step {j + 1}: "
-                    f"{other[j]!r} vs {first[j]!r}")
+                    f"{float(other[j])!r} vs {float(first[j])!r}")  # plain numbers, not np.float64(...)
     return None
 
 
@@ -105,6 +112,20 @@ def describe_noise(n, multiplier):
     f = n["first_outside"]
     return (f"global step {f['global_step']}: |diff| {f['abs_diff']:.3g} > {multiplier:g}x its reference's rounding "
             f"noise ({f['bound']:.3g}); {n['steps_outside']} steps outside, at most {n['noise_used']:.3g}x")
+
+
+def asymmetry(dtypes, ref):
+    """One sentence when a candidate's loss saw other dtypes than its reference's did, else None."""
+    if not dtypes or not ref:
+        return None
+    parts = []
+    if dtypes["received"] != ref["received"]:
+        parts.append(f"your loss received {dtypes['received']}; its reference received {ref['received']}")
+    if dtypes.get("computed") != ref.get("computed") or dtypes.get("returned") != ref.get("returned"):
+        parts.append(f"your loss computed in {'/'.join(dtypes.get('computed') or ['?'])} and returned "
+                     f"{dtypes.get('returned')}; its reference computed in {'/'.join(ref.get('computed') or ['?'])} "
+                     f"and returned {ref.get('returned')}")
+    return "; ".join(parts) or None
 
 
 def step_ms(run):
@@ -129,6 +150,7 @@ def platform_summary(p, host=None):
     cuda = p.get("cuda") or {}  # a CPU device's platform leaves the GPU out
     gpus = cuda.get("gpus")
     return {"cpu": p["cpu"], "gpu": ", ".join(gpus) if gpus else None, "torch": p["versions"]["torch"],
+            "bf16_native": cuda.get("bf16_native") if gpus else p.get("cpu_bf16_native"),
             "cuda": cuda.get("runtime") if cuda.get("available") else None,
             "python": p["python"], "threads": p["torch_threads"], "host": machine_label(host)}
 
@@ -155,29 +177,32 @@ def mixed_platforms(device, ran):
     return None
 
 
-def cost_rows(params, costs):
+def cost_rows(params, costs, configurations):
     """Per configuration that was timed: its cost ratio to its reference with a 95% interval, and its phases."""
     plan, rows = params.plan(), {}
-    for device, c in costs.items():
-        if c["status"] != "ran":
+    for config in configurations:
+        c = costs.get(config.device) or {}
+        timed = c.get("configurations", {}) if c.get("status") == "ran" else {}
+        ref = config.of(plan[config.loss].reference or config.loss)
+        if config.key not in timed or ref.key not in timed:
             continue
-        for loss, m in c["losses"].items():
-            ref = plan[loss].reference or loss
-            ratio, lo, hi = stats.ratio_ci(m["step_seconds"], c["losses"][ref]["step_seconds"])
-            phases = {p: [v * 1e3 for v in vals] for p, vals in m["phase_seconds"].items()}
-            rows[Configuration(loss, device).key] = {
-                "cost_ratio": ratio, "cost_ratio_low": lo, "cost_ratio_high": hi,
-                "cost": "reference" if ref == loss else stats.label(ratio, lo, hi, params.cost.min_effect),
-                "cost_step_ms": stats.mean_ci([v * 1e3 for v in m["step_seconds"]]),
-                "phases_ms": {p: stats.mean_ci(v) for p, v in phases.items()},
-            }
+        m = timed[config.key]
+        ratio, lo, hi = stats.ratio_ci(m["step_seconds"], timed[ref.key]["step_seconds"])
+        phases = {p: [v * 1e3 for v in vals] for p, vals in m["phase_seconds"].items()}
+        rows[config.key] = {
+            "cost_ratio": ratio, "cost_ratio_low": lo, "cost_ratio_high": hi,
+            "cost": "reference" if ref == config else stats.label(
+                ratio, lo, hi, params.cost.min_effect, stats.spread(m["step_seconds"], timed[ref.key]["step_seconds"])),
+            "cost_step_ms": stats.mean_ci([v * 1e3 for v in m["step_seconds"]]),
+            "phases_ms": {p: stats.mean_ci(v) for p, v in phases.items()},
+        }
     return rows
 
 
 def evaluate(params, runs, costs=None):
     """Every assertion, as data: metrics rows and a list of failure messages."""
     rp, train = params.report, params.train
-    timed = cost_rows(params, costs or {})
+    timed = cost_rows(params, costs or {}, list(runs))
     plan = params.plan()
     res = Result()
     levels = {}  # a reference run's noise level, computed once for its candidates, its own row and the cross pairs
@@ -187,23 +212,37 @@ def evaluate(params, runs, costs=None):
             levels[r.name] = evidence.noise(r.members, r.losses(), rp.envelope.floor_ulps)
             res.bounds[r.name] = rp.envelope.multiplier * levels[r.name]  # what the pictures draw
         return levels[r.name]
-    for (loss, device), run in runs.items():
+    for config, run in runs.items():
+        loss, device = config.loss, config.device
         judged = plan[loss]
         expected = "reference" if judged.reference is None else judged.expect
-        row = {"loss": loss, "device": device, "status": run.info["status"], "expected": expected,
-               "reference": judged.reference}
+        row = {"loss": loss, "device": device, "precision": config.precision, "mode": config.mode,
+               "status": run.info["status"], "expected": expected, "reference": judged.reference,
+               "dtypes": run.info.get("dtypes")}
         res.configs[run.name] = row
+        if run.info["status"] == "unsupported":  # the user asked for this setting, and the answer is no
+            row.update(reason=run.info["reason"], passed=False, verdict="unsupported")
+            res.failures.append(f"{run.name}: {run.info['reason']}")
+            continue
         if run.steps is None:
             row.update(reason=run.info.get("reason"), passed=True, verdict="not run")
             continue
         res.platforms.setdefault(device, platform_summary(run.info["platform"], run.info.get("host")))
+        row["numpy_calls"] = run.info.get("numpy_calls")
+        if config.mode != "eager":  # what compile did, and the configuration against itself eager
+            row["compile"] = run.info.get("compile")
+            eager = runs.get(replace(config, mode="eager"))
+            if eager is not None and eager.steps is not None:
+                e = evidence.trajectory(run.losses(), eager.losses(), 0.0, 0.0, eager.steps)
+                row["vs_eager"] = {"max_abs_diff": e["max_abs_diff"], "bitwise_equal_steps": e["bitwise_equal_steps"],
+                                   "numpy_calls_eager": eager.info.get("numpy_calls")}
         row["machine"] = machine_label(run.info.get("host"))
         row.update(step_ms(run))
         row.update(timed.get(run.name, {}))
         row["weights_changed"] = run.info["weights_changed"]
         row["steps"] = run.info["steps"]
         checks = []
-        ref = runs[(judged.reference, device)] if judged.reference is not None else None
+        ref = runs[config.of(judged.reference)] if judged.reference is not None else None
         if ref is not None and ref.steps is None:  # e.g. pulled from a machine that ran only part of a device
             row.update(verdict="not judged", passed=False)
             res.failures.append(f"{run.name}: its reference {ref.name} has no result to compare with: "
@@ -215,6 +254,7 @@ def evaluate(params, runs, costs=None):
                                 f"envelope): re-run it (`dvc repro -f -s results/<machine>/dvc.yaml:train@{ref.name}`)")
             continue
         if ref is not None:
+            row["dtypes_differ"] = asymmetry(run.info["dtypes"], ref.info["dtypes"])
             c = evidence.trajectory(run.losses(), ref.losses(), rp.same_device.atol, rp.same_device.rtol, ref.steps)
             n = None
             if rp.rule == "envelope":  # the verdict: within the reference's own rounding noise
@@ -258,6 +298,10 @@ def evaluate(params, runs, costs=None):
             if run.members is not None:  # how large its own rounding noise grew, and its float64 run's distance
                 row["noise_max"] = float(level_of(run).max())
                 row["fp64_max_diff"] = float(np.abs(run.losses() - run.fp64).max())
+                row["nudge_visible_from"] = evidence.first_visible(run.members, run.losses())
+                if row["nudge_visible_from"] is None:
+                    checks.append(f"{run.name}: the one-ulp nudge did not survive {config.precision}: every member "
+                                  "equals the reference at every step, so its envelope is the floor alone")
         if run.info["weights_changed"] != run.info["updates_weights"]:
             checks.append(f"{run.name}: weights {'changed' if run.info['weights_changed'] else 'did not change'}"
                           f", expected them {'to change' if run.info['updates_weights'] else 'unchanged'}")
@@ -269,21 +313,22 @@ def evaluate(params, runs, costs=None):
         row["passed"] = not checks
         res.failures += checks
     for device in train.devices:
-        ran = [r for (_, d), r in runs.items() if d == device and r.steps is not None]
+        ran = [r for c, r in runs.items() if c.device == device and r.steps is not None]
         mixed = mixed_platforms(device, ran) if len(ran) > 1 else None
         if mixed:
             res.failures.append(mixed)
-    for loss in train.losses:
-        ran = [runs[(loss, d)] for d in train.devices if runs[(loss, d)].steps is not None]
+    for config in (c for c in runs if c.device == train.devices[0]):  # the same loss and setting on each device
+        ran = [r for d in train.devices if (r := runs[replace(config, device=d)]).steps is not None]
+        loss = config.loss
         for other in ran[1:]:
             base = ran[0]
             c = evidence.trajectory(other.losses(), base.losses(), rp.cross_device.atol, rp.cross_device.rtol,
                                     base.steps)
-            key = f"{loss}:{base.device}-vs-{other.device}"
+            key = f"{base.name} vs {other.name}"
             row = {"max_abs_diff": c["max_abs_diff"], "tol_used": c["tol_used"],
                    "bitwise_equal_steps": c["bitwise_equal_steps"], "passed": c["within"], "rule": "fixed"}
             # the noise rule where both devices have the noise of the loss's reference: the larger of the two
-            refs = [runs.get((plan[loss].reference or loss, d)) for d in (base.device, other.device)]
+            refs = [runs.get(r.config.of(plan[loss].reference or loss)) for r in (base, other)]
             if rp.rule == "envelope" and all(r is not None and r.members is not None for r in refs):
                 e = rp.envelope
                 level = np.maximum(*(level_of(r) for r in refs))

@@ -7,6 +7,9 @@ the trajectory comes out `equal` to the reference named in params.yaml:
     numpy_l1:    {fn: "losses.examples:NumpyL1", reference: torch_l1}
     numpy_huber: {fn: "losses.examples:NumpyHuber", args: {delta: 0.1}, reference: huber_ref}
     numpy_bce:   {fn: "losses.examples:NumpyBCE", reference: torch_bce}
+
+And the fix for bf16 autocast: ``NumpyMSEFloat32`` is the tutorial's NumPy MSE with its inputs cast to
+float32 first, as autocast does for torch's mse_loss (``numpy_mse_float32`` in params.yaml).
 """
 
 import numpy as np
@@ -119,3 +122,22 @@ class HuberNoHalf(nn.Module):
     def forward(self, input, target):
         d = (input - target).abs()  # (B, 784)
         return torch.where(d < self.delta, d * d, self.delta * (d - 0.5 * self.delta)).mean()
+
+
+class NumpyMSEFloat32(torch.autograd.Function):
+    """The tutorial's NumPy MSE, made to run under bf16 autocast: NumPy has no bfloat16 (``.numpy()`` raises
+    "Got unsupported ScalarType BFloat16"), so the inputs go to float32 first, as autocast itself does for
+    torch's mse_loss; in fp32 ``.float()`` returns the same tensor, so nothing changes there. The gradient
+    comes back in float32 and autograd casts it to the input's bfloat16, as it does for mse_loss's."""
+
+    @staticmethod
+    def forward(ctx, input, target):
+        input, target = input.float(), target.float()  # (B, 784) float32: the fix
+        ctx.save_for_backward(input, target)
+        loss = np.mean((_host(input) - _host(target)) ** 2)  # NumPy scalar, float32
+        return torch.as_tensor(loss, device=input.device)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, target = ctx.saved_tensors
+        return grad_output * 2 * (input - target) / input.numel(), None

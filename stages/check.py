@@ -2,8 +2,10 @@
 
 Validates params.yaml (YAML 1.2, as DVC reads it), imports every loss and
 reference, applies LOSSBENCH_REQUIRE_DEVICES, and runs each loss once on a small
-batch on the device. Then writes, per loss, ``<out>/<device>/<loss>.json``: the
-loss (fn, args, where its code lives, with digests), the device's availability,
+batch on the device, in fp32 and then through the model under each requested precision. Then writes, per
+configuration, ``<out>/<device>/<key>.json``: the
+loss (fn, args, where its code lives, with digests), its setting, the dtypes its loss received, computed in
+and returned there (or why it is unsupported there), the device's availability,
 the machine's name and the device's platform (lossbench.platform.for_device). Each train stage
 depends on its own file alone, so it re-runs exactly when its loss's code, its
 device or that device's platform changed (a new torch, another CPU). Nothing is written unless every check
@@ -12,15 +14,17 @@ another machine than this one.
 """
 
 import argparse
+import hashlib
+import json
 import sys
 import time
 from pathlib import Path
 
-from lossbench import gpu, machines, platform
+from lossbench import gpu, machines, platform, problems
 from lossbench.config import load_params
 from lossbench.configuration import Configuration
 from lossbench.errors import UserError, run, shown
-from lossbench.io import write_json
+from lossbench.io import read_json, write_json
 from lossbench.losses import resolve
 from lossbench.preflight import check, source
 
@@ -43,6 +47,21 @@ def envelope(params, judged):
     return {"members": rp.envelope.members} if judged.reference is None and rp.rule == "envelope" else None
 
 
+def setting_check(spec, record, cache):
+    """The pre-flight under the record's precision and mode; a compiled one is cached in ``cache`` by the loss's
+    code digests and the setting, so that the check DVC runs every time compiles once per change, not each time."""
+    if record["mode"] == "eager":
+        return check(spec, record["device"], record["precision"])
+    what = {k: record[k] for k in ("fn", "args", "source", "device", "precision", "mode", "platform")}
+    path = Path(cache) / f"{hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]}.json"
+    if path.is_file():
+        found = read_json(path)
+        return (problems.Problem(**found["problem"]) if found["problem"] else None), found["dtypes"]
+    problem, dtypes = check(spec, record["device"], record["precision"], record["mode"])
+    write_json(path, {"setting": what, "problem": problem.as_dict() if problem else None, "dtypes": dtypes})
+    return problem, dtypes
+
+
 def main_check(params_path, devices, out):
     t0 = time.perf_counter()
     params = load_params(params_path)
@@ -58,6 +77,7 @@ def main_check(params_path, devices, out):
         raise DeviceRequired(f"{shown(params_path)}: train.devices: {required[0]!r} cannot run here and "
                              f"{gpu.REQUIRE_DEVICES}=1: {reasons[required[0]]}")
     records = {}
+    cache = Path(out).parent / ".preflight-cache"  # beside the check's output, which DVC clears before each run
     for name, j in params.plan().items():
         try:
             spec = resolve(name, j.fn, j.args)
@@ -65,19 +85,31 @@ def main_check(params_path, devices, out):
             raise UserError(f"{key(params_path, params, name, j.fn)}: {e}") from e
         loss = {"loss": name, "fn": j.fn, "args": j.args, "source": source(j.fn)}
         for device in devices:
-            config = Configuration(name, device)
             # the machine's name too: DVC's run-cache is keyed by a stage's deps, and two machines of one
             # platform would otherwise take each other's runs (and timings) as their own
-            record = {**loss, "config": config.key, "device": device, "machine": machine,
-                      "available": reasons[device] is None, "reason": reasons[device],
-                      "platform": platform.for_device(host, device), "envelope": envelope(params, j)}
-            if reasons[device] is None:
-                problem = check(spec, device)
+            common = {**loss, "device": device, "machine": machine, "available": reasons[device] is None,
+                      "reason": reasons[device], "platform": platform.for_device(host, device),
+                      "envelope": envelope(params, j)}
+            if reasons[device] is None:  # in fp32 always: a loss that fails there is broken, not unsupported
+                problem, _ = check(spec, device)
                 if problem:
                     raise UserError(f"{key(params_path, params, name, j.fn)} on {device}: {problem.message}")
-            records[(device, name)] = record
-    for (device, name), record in records.items():
-        write_json(Path(out) / device / f"{name}.json", record)
+            for precision in params.train.precisions:
+                for mode in params.train.modes:
+                    config = Configuration(name, device, precision, mode)
+                    record = {**common, "config": config.key, "precision": precision, "mode": mode,
+                              "dtypes": None, "unsupported": None}
+                    why = platform.compile_reason(device) if mode == "compiled" and reasons[device] is None else None
+                    if why:  # not run here, with the reason: never a crash
+                        record.update(available=False, reason=why)
+                    elif reasons[device] is None:  # through the model under the setting: a failure shows now
+                        problem, record["dtypes"] = setting_check(spec, record, cache)
+                        if problem:
+                            record["unsupported"] = problems.unsupported(precision, mode, device, problem).as_dict()
+                            print(f"check: {config.key}: {record['unsupported']['message']}", file=sys.stderr)
+                    records[config] = record
+    for config, record in records.items():
+        write_json(config.check_file(out), record)
     for device in (d for d in devices if reasons[d] is not None):
         print(f"check: {device}: its configurations will be reported as not run: {reasons[device]}", file=sys.stderr)
     here = [d for d in devices if reasons[d] is None]
@@ -91,7 +123,7 @@ def main(argv=None):
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--device", action="append", help="a device of train.devices (repeatable; default: all)")
     p.add_argument("--machine-dir", help="results/<machine>/ this runs in: refuse unless it is this machine's")
-    p.add_argument("--out", required=True, help="folder for <device>/<loss>.json")
+    p.add_argument("--out", required=True, help="folder for <device>/<configuration key>.json")
     args = p.parse_args(argv)
 
     def stage():

@@ -1,4 +1,4 @@
-"""Stage `train`: one configuration (loss x device), `train.repeats` seeded runs.
+"""Stage `train`: one configuration (loss x device x precision x mode), `train.repeats` seeded runs.
 
 Reads the configuration's check file (the loss, its code's digests, the device,
 the platform) and writes into ``<out>``: ``steps.csv`` (every step's loss, for
@@ -29,15 +29,21 @@ def train_stage(check_path, params_path, root, out):
         (out / stale).unlink(missing_ok=True)
     record = {
         "config": check["config"], "loss": check["loss"], "device": check["device"],
+        "precision": check["precision"], "mode": check["mode"],
         "fn": check["fn"], "args": check["args"], "loss_source": check["source"], "platform": check["platform"],
         "host": host_name(),
     }
     if not check["available"]:  # before importing torch: a configuration that cannot run costs ~0.1 s, not 3
         write_json(out / "run.json", {**record, "status": "unavailable", "reason": check["reason"]})
-        print(f"train: {check['config']}: not run ({check['device']} cannot run here; the check stage said why)",
-              file=sys.stderr)
+        print(f"train: {check['config']}: not run: {check['reason']}", file=sys.stderr)
         return
-    from lossbench import determinism
+    if check["unsupported"]:  # the pre-flight saw it fail under this setting: a finding, reported, not trained
+        write_json(out / "run.json", {**record, "status": "unsupported", "reason": check["unsupported"]["message"],
+                                      "dtypes": check["dtypes"]})
+        print(f"train: {check['config']}: not trained: {check['unsupported']['message']}", file=sys.stderr)
+        return
+    from lossbench import determinism, problems
+    from lossbench.engine import RunError
     from lossbench.losses import resolve
     from lossbench.training import train_config
 
@@ -47,7 +53,17 @@ def train_stage(check_path, params_path, root, out):
                "determinism": flags}
     spec = resolve(check["loss"], check["fn"], check["args"])
     members = (check.get("envelope") or {}).get("members", 0)  # a reference's: its rounding-noise ensemble
-    steps, result, tensors = train_config(spec, check["device"], train, root, check["config"], members)
+    try:
+        steps, result, tensors = train_config(spec, check["device"], train, root, check["config"], members,
+                                              check["precision"], check["mode"])
+    except RunError as e:
+        if (check["precision"], check["mode"]) == ("fp32", "eager"):  # the tutorial's: a loss failing there is broken
+            raise
+        unsupported = problems.unsupported(check["precision"], check["mode"], check["device"], e.problem)
+        write_json(out / "run.json", {**record, "status": "unsupported", "reason": unsupported.at(e.where),
+                                      "dtypes": check["dtypes"]})
+        print(f"train: {check['config']}: {unsupported.at(e.where)}", file=sys.stderr)
+        return
     write_steps(out / "steps.csv", steps)
     write_tensors(out / "grads.npz", tensors["grads"])
     write_tensors(out / "weights.npz", tensors["weights"])

@@ -74,19 +74,21 @@ def small_params(path, **train):
 
 
 def check_files(params, out):
-    """The check stage's files for ``params``, every device (``<out>/<device>/<loss>.json``); returns ``out``."""
+    """The check stage's files for ``params``, every device (``<out>/<device>/<key>.json``); returns ``out``."""
     from stages import check
 
     check.main(["--params", str(params), "--out", str(out)])
     return Path(out)
 
 
-def train_config(params, data, check_dir, runs, loss, device="cpu"):
+def train_config(params, data, check_dir, runs, loss, device="cpu", precision="fp32"):
     """One train stage, as DVC runs it; returns the run directory."""
+    from lossbench.configuration import Configuration
     from stages import train
 
-    out = Path(runs) / f"{loss}-{device}"
-    train.main(["--check", str(Path(check_dir) / device / f"{loss}.json"), "--params", str(params),
+    config = Configuration(loss, device, precision)
+    out = config.run_dir(runs)
+    train.main(["--check", str(config.check_file(check_dir)), "--params", str(params),
                 "--data", str(data), "--out", str(out)])
     return out
 

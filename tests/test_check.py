@@ -30,13 +30,14 @@ def test_writes_one_file_per_configuration_with_loss_source_and_platform(tmp_pat
     params = small_params(tmp_path / "params.yaml", losses=["torch_l1", "numpy_l1"], devices=["cpu", "cuda"])
     check.main(["--params", str(params), "--out", str(tmp_path / "check")])
     files = sorted(str(p.relative_to(tmp_path / "check")) for p in (tmp_path / "check").rglob("*.json"))
-    assert files == ["cpu/numpy_l1.json", "cpu/torch_l1.json", "cuda/numpy_l1.json", "cuda/torch_l1.json"]
-    rec = json.loads((tmp_path / "check" / "cpu" / "numpy_l1.json").read_text())
+    assert files == ["cpu/numpy_l1-cpu-fp32-eager.json", "cpu/torch_l1-cpu-fp32-eager.json",
+                     "cuda/numpy_l1-cuda-fp32-eager.json", "cuda/torch_l1-cuda-fp32-eager.json"]
+    rec = json.loads((tmp_path / "check" / "cpu" / "numpy_l1-cpu-fp32-eager.json").read_text())
     assert rec["fn"] == "losses.examples:NumpyL1" and rec["args"] == {} and rec["available"] is True
     assert list(rec["source"]["files"]) == ["losses/examples.py"]
     assert rec["platform"]["versions"]["torch"] == torch.__version__
     assert "cuda" not in rec["platform"] and rec["platform"]["device"] == "cpu"  # a GPU driver update: no re-train
-    cuda = json.loads((tmp_path / "check" / "cuda" / "numpy_l1.json").read_text())
+    cuda = json.loads((tmp_path / "check" / "cuda" / "numpy_l1-cuda-fp32-eager.json").read_text())
     assert cuda["available"] is torch.cuda.is_available() and (cuda["reason"] is None) is cuda["available"]
 
 
@@ -103,7 +104,7 @@ def test_another_machines_directory_is_refused_in_one_line_before_anything_is_wr
         "`make repro` runs this machine's pipeline and the overview; a plain `dvc repro` runs every machine's\n")
     mine = tmp_path / "results" / "laptop"
     check.main(["--params", str(params), "--machine-dir", str(mine), "--out", str(mine / "check")])
-    assert (mine / "check" / "cpu" / "torch_mse.json").is_file()
+    assert (mine / "check" / "cpu" / "torch_mse-cpu-fp32-eager.json").is_file()
 
 
 def test_the_check_file_holds_this_hosts_platform_so_a_new_platform_retrains(tmp_path, monkeypatch):
@@ -115,7 +116,7 @@ def test_the_check_file_holds_this_hosts_platform_so_a_new_platform_retrains(tmp
     check.main(["--params", str(params), "--out", str(tmp_path / "check")])
     host = platform.collect()
     for device in ("cpu", "cuda"):
-        record = json.loads((tmp_path / "check" / device / "torch_mse.json").read_text())
+        record = json.loads((tmp_path / "check" / device / f"torch_mse-{device}-fp32-eager.json").read_text())
         assert record["platform"] == platform.for_device(host, device) and record["machine"] == "local"
     # a CPU device's file leaves the GPU part out: a driver update does not re-train CPU configurations
-    assert "cuda" not in json.loads((tmp_path / "check" / "cpu" / "torch_mse.json").read_text())["platform"]
+    assert "cuda" not in json.loads((tmp_path / "check" / "cpu" / "torch_mse-cpu-fp32-eager.json").read_text())["platform"]

@@ -16,13 +16,13 @@ BASE = {
     "failures": 0,
     "platform": {"cpu": {"cpu": "CPU X", "gpu": None, "torch": "2.14.1", "cuda": None, "python": "3.11", "threads": 2}},
     "configs": {
-        "torch_mse-cpu": {"loss": "torch_mse", "device": "cpu", "verdict": "reference", "passed": True,
+        "torch_mse-cpu-fp32-eager": {"loss": "torch_mse", "device": "cpu", "verdict": "reference", "passed": True,
                           "max_abs_diff": 0.0, "median_step_ms": 5.0, "cost_step_ms": [5.0, 4.8, 5.2],
                           "reference": None},
-        "numpy_mse-cpu": {"loss": "numpy_mse", "device": "cpu", "verdict": "equal", "passed": True,
+        "numpy_mse-cpu-fp32-eager": {"loss": "numpy_mse", "device": "cpu", "verdict": "equal", "passed": True,
                           "max_abs_diff": 3e-6, "median_step_ms": 5.2, "cost_step_ms": [5.2, 5.0, 5.4],
                           "reference": "torch_mse"},
-        "numpy_mse-cuda": {"loss": "numpy_mse", "device": "cuda", "verdict": "not run", "passed": True,
+        "numpy_mse-cuda-fp32-eager": {"loss": "numpy_mse", "device": "cuda", "verdict": "not run", "passed": True,
                            "reason": "no GPU here"},
     },
 }
@@ -85,33 +85,33 @@ def test_identical_commits_exit_zero(repo):
     out = run_make(repo, a, a)
     assert out.returncode == 0, out.stderr
     assert "compare: nothing got worse" in out.stdout
-    assert "\nnumpy_mse-cpu\n|" in out.stdout  # a table for what ran
+    assert "\nnumpy_mse-cpu-fp32-eager\n|" in out.stdout  # a table for what ran
     # what ran at neither side: one line per device with its reason, no table
-    assert "\nnumpy_mse-cuda\n" not in out.stdout
-    assert "\ncuda: not run at A nor at B (1: numpy_mse-cuda): no GPU here\n" in out.stdout
+    assert "\nnumpy_mse-cuda-fp32-eager\n" not in out.stdout
+    assert "\ncuda: not run at A nor at B (1: numpy_mse-cuda-fp32-eager): no GPU here\n" in out.stdout
 
 
 def test_a_configuration_that_stopped_running_keeps_its_table():
-    gone = changed(**{"numpy_mse-cpu": {"verdict": "not run", "passed": True, "reason": "no GPU here"}})
+    gone = changed(**{"numpy_mse-cpu-fp32-eager": {"verdict": "not run", "passed": True, "reason": "no GPU here"}})
     tables, _ = compare.diff(BASE, gone, 2.0)
-    assert tables["numpy_mse-cpu"].loc["verdict", "B"] == "not run (pass)"
-    assert compare.not_run_lines(BASE, gone) == ["cuda: not run at A nor at B (1: numpy_mse-cuda): no GPU here"]
+    assert tables["numpy_mse-cpu-fp32-eager"].loc["verdict", "B"] == "not run (pass)"
+    assert compare.not_run_lines(BASE, gone) == ["cuda: not run at A nor at B (1: numpy_mse-cuda-fp32-eager): no GPU here"]
 
 
 def test_slower_step_is_reported_and_fails(repo):
     a = commit_metrics(repo, BASE, "a")
-    b = commit_metrics(repo, changed(**{"numpy_mse-cpu": {"cost_step_ms": [15.6, 15.0, 16.2]}}), "b")
+    b = commit_metrics(repo, changed(**{"numpy_mse-cpu-fp32-eager": {"cost_step_ms": [15.6, 15.0, 16.2]}}), "b")
     out = run_make(repo, a, b)
     assert out.returncode != 0
     assert "3.00 (SLOWER beyond 2x)" in out.stdout
-    assert ("numpy_mse-cpu: timed step 5.200 [5.000, 5.400] -> 15.600 [15.000, 16.200] ms (3.00x > 2x, "
+    assert ("numpy_mse-cpu-fp32-eager: timed step 5.200 [5.000, 5.400] -> 15.600 [15.000, 16.200] ms (3.00x > 2x, "
             "intervals disjoint)") in out.stderr
 
 
 def test_a_slowdown_the_intervals_do_not_show_does_not_fail():
-    noisy = changed(**{"numpy_mse-cpu": {"cost_step_ms": [15.6, 4.0, 30.0]}})
+    noisy = changed(**{"numpy_mse-cpu-fp32-eager": {"cost_step_ms": [15.6, 4.0, 30.0]}})
     tables, problems = compare.diff(BASE, noisy, 2.0)
-    assert problems == [] and tables["numpy_mse-cpu"].loc["timed step (ms)", "B / A"] == "3.00 (within noise)"
+    assert problems == [] and tables["numpy_mse-cpu-fp32-eager"].loc["timed step (ms)", "B / A"] == "3.00 (within noise)"
 
 
 def test_trajectories_bitwise_equal_or_where_they_first_differ(repo):
@@ -120,31 +120,31 @@ def test_trajectories_bitwise_equal_or_where_they_first_differ(repo):
         "4,0.1,0.1", "4,0.1,0.1002"))
     out = run_make(repo, a, b)
     assert out.returncode == 0, out.stderr
-    assert "torch_mse-cpu: trajectory bitwise equal (4 steps)" in out.stdout
-    assert ("numpy_mse-cpu: trajectory CHANGED: max |diff| 0.0002 at global step 4, first different at global "
+    assert "torch_mse-cpu-fp32-eager: trajectory bitwise equal (4 steps)" in out.stdout
+    assert ("numpy_mse-cpu-fp32-eager: trajectory CHANGED: max |diff| 0.0002 at global step 4, first different at global "
             "step 3 (2 of 4 steps differ)") in out.stdout
 
 
 def test_worse_verdict_fails(repo):
     a = commit_metrics(repo, BASE, "a")
-    b = commit_metrics(repo, changed(**{"numpy_mse-cpu": {"verdict": "differs", "passed": False,
+    b = commit_metrics(repo, changed(**{"numpy_mse-cpu-fp32-eager": {"verdict": "differs", "passed": False,
                                                            "max_abs_diff": 0.01}}), "b")
     out = run_make(repo, a, b)
     assert out.returncode != 0
-    assert "numpy_mse-cpu: verdict got worse: equal (pass) -> differs (FAIL)" in out.stderr
+    assert "numpy_mse-cpu-fp32-eager: verdict got worse: equal (pass) -> differs (FAIL)" in out.stderr
     assert "| max |diff|" in out.stdout.replace("max \\|diff\\|", "max |diff|")
 
 
 def test_a_failing_configuration_new_at_b_fails(repo):
     a = commit_metrics(repo, BASE, "a")
     m = json.loads(json.dumps(BASE))
-    m["configs"]["mine-cpu"] = {"loss": "mine", "device": "cpu", "verdict": "differs", "expected": "equal",
+    m["configs"]["mine-cpu-fp32-eager"] = {"loss": "mine", "device": "cpu", "verdict": "differs", "expected": "equal",
                                 "passed": False, "reference": "torch_mse"}
     m.update(passed=False, failures=1)
     b = commit_metrics(repo, m, "b")
     out = run_make(repo, a, b)
     assert out.returncode != 0
-    assert "mine-cpu: new at B, and it fails: differs, expected equal" in out.stderr
+    assert "mine-cpu-fp32-eager: new at B, and it fails: differs, expected equal" in out.stderr
     assert "B's report fails (passed: false, 1 failure(s); passed at A)" in out.stderr
 
 
@@ -159,27 +159,27 @@ def test_overall_flag_turning_false_fails_even_when_every_row_passes(repo):
 
 def test_changed_reference_fails_and_says_so(repo):
     a = commit_metrics(repo, BASE, "a")
-    b = commit_metrics(repo, changed(**{"numpy_mse-cpu": {"reference": "module_mse"}}), "b")
+    b = commit_metrics(repo, changed(**{"numpy_mse-cpu-fp32-eager": {"reference": "module_mse"}}), "b")
     out = run_make(repo, a, b)
     assert out.returncode != 0
-    assert "numpy_mse-cpu: reference changed: torch_mse -> module_mse (its verdicts are not comparable)" in out.stderr
+    assert "numpy_mse-cpu-fp32-eager: reference changed: torch_mse -> module_mse (its verdicts are not comparable)" in out.stderr
     assert "CHANGED" in out.stdout
 
 
 def test_workspace_is_the_default_b(repo):
     a = commit_metrics(repo, BASE, "a")
     (repo / REPORT / "summary.json").write_text(
-        json.dumps(changed(**{"torch_mse-cpu": {"cost_step_ms": [2.0, 1.9, 2.1]}})))
+        json.dumps(changed(**{"torch_mse-cpu-fp32-eager": {"cost_step_ms": [2.0, 1.9, 2.1]}})))
     out = run_make(repo, a)
     assert out.returncode == 0 and "B = workspace" in out.stdout and "0.40 (faster beyond 2x)" in out.stdout
 
 
 def test_cost_across_platforms_is_labelled_not_failed():
-    other = changed(**{"numpy_mse-cpu": {"cost_step_ms": [52.0, 51.0, 53.0]}})
+    other = changed(**{"numpy_mse-cpu-fp32-eager": {"cost_step_ms": [52.0, 51.0, 53.0]}})
     other["platform"]["cpu"]["cpu"] = "CPU Y"
     tables, problems = compare.diff(BASE, other, 1.5)
     assert problems == []
-    t = tables["numpy_mse-cpu"]
+    t = tables["numpy_mse-cpu-fp32-eager"]
     assert t.loc["timed step (ms)", "B / A"] == "10.00 (platforms differ: not comparable)"
     assert t.loc["platform", "B / A"] == "DIFFERENT"
 
@@ -198,7 +198,7 @@ def test_a_report_from_before_machine_folders_compares_with_one_after(repo):
     out = run_make(repo, a, b)
     assert out.returncode == 0, out.stderr
     assert f"A = {a} (reports), B = {b} (results/local/report)" in out.stdout
-    assert "numpy_mse-cpu: trajectory bitwise equal (4 steps)" in out.stdout
+    assert "numpy_mse-cpu-fp32-eager: trajectory bitwise equal (4 steps)" in out.stdout
     other = subprocess.run(
         [sys.executable, "-m", "lossbench.compare", a, b, "--machine", "h100"], cwd=repo, capture_output=True, text=True)
     assert other.returncode == 2 and "results/h100/report/summary.json: not found at revision" in other.stderr
@@ -208,4 +208,4 @@ def test_committed_report_compares_with_itself():
     """The repository's own committed report is readable by compare."""
     _, m = compare.read_summary("HEAD", "local", ROOT)
     tables, problems = compare.diff(m, m, 1.5)
-    assert problems == [] and "torch_mse-cpu" in tables
+    assert problems == [] and "torch_mse-cpu-fp32-eager" in tables

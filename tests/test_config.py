@@ -47,6 +47,14 @@ def test_repo_params_load():
     ("train.epochs", ..., r"train.epochs: Field required"),
     ("train.epoch", 2, r"train.epoch: Extra inputs are not permitted"),
     ("train.losses", ["torch_mse", "torch_mse"], r"duplicate entries \['torch_mse'\]"),
+    # a value cut short keeps its brackets: a cut list still reads as a list
+    ("train.losses", ["torch_mse"] * 9, r"duplicate entries \['torch_mse'\] \(got \['torch_mse', .* \.\.\.\]\)$"),
+    # a run that leaves no step to time is refused before anything trains (it crashed at the end of training)
+    ("train.batch_size", 100000, r"^params.yaml: train.batch_size: 100000 is more than the task's 60000 training "
+                                 r"images: at most 60000$"),
+    ("train.warmup_steps", 470, r"^params.yaml: train.warmup_steps: 470 leaves no step to time: a run has 470 steps "
+                                r"\(train.epochs 2 x 235 batches of train.batch_size 256\): lower train.warmup_steps, "
+                                r"or raise train.epochs$"),
     # a device label of before results/<machine>/ says where the machine is named now
     ("train.devices", ["cpu", "cuda-h100"], r"train.devices.1: expected 'cpu' or 'cuda'; a machine is named by "
                                             r"LOSSBENCH_MACHINE now, not in the device .* \(got 'cuda-h100'\)"),
@@ -150,3 +158,10 @@ def test_an_unnamed_machine_is_local(monkeypatch):
 
     monkeypatch.delenv("LOSSBENCH_MACHINE", raising=False)
     assert machines.name() == "local" and machines.directory("/p") == Path("/p/results/local")
+
+
+def test_a_torch_loss_named_directly_is_a_reference_itself():
+    """Judged against report.reference (an MSE) it would read as a wrong loss; torch's own loss is a reference."""
+    plan = parse_params(with_("train.losses", ["torch_mse", "torch.nn.functional:l1_loss", "mine.mod:f"])).plan()
+    assert plan["torch.nn.functional:l1_loss"].reference is None
+    assert plan["mine.mod:f"].reference == "torch_mse"

@@ -113,7 +113,7 @@ def test_no_gpu_says_why_and_what_to_type_then_runs(project):
     repo, env = project
     out = entry(repo, env, "dvc", "repro")
     assert out.returncode == 0, out.stderr
-    assert "train.devices asks for cuda, which cannot run here: torch " in out.stderr and "no GPU is visible" in out.stderr
+    assert "train.devices asks for cuda, which cannot run here: no GPU is visible (torch " in out.stderr
     assert "--gpus all" in out.stderr and "NVIDIA Container Toolkit" in out.stderr
     assert "will be reported as not run" in out.stderr
     assert (repo / "out.txt").read_text().strip() == "0"
@@ -187,7 +187,7 @@ def test_bad_params_stop_the_entrypoint_with_the_key(project):
 def test_diagnosis_names_each_cause():
     assert gpu.diagnose(True, True, ["/dev/nvidia0"], "580.1") is None
     assert "built without CUDA" in gpu.diagnose(False, False, [], None)
-    msg = gpu.diagnose(True, False, [], None)
-    assert "no GPU is visible" in msg and "--gpus all" in msg and "NVIDIA Container Toolkit" in msg
+    msg = gpu.diagnose(True, False, [], None)  # recorded in every cuda configuration and report: short
+    assert "no GPU is visible" in msg and "--gpus all" in msg and "docs/gpu-run.md" in msg and len(msg) < 160
     msg = gpu.diagnose(True, False, ["/dev/nvidia0"], "470.57")
     assert "470.57" in msg and "TORCH_INDEX_URL" in msg

@@ -21,8 +21,16 @@ def scaled(c):
                          "itself is scaled, not only its backward"),
     (scaled(0.0), True, "step 1: no gradient reaches the model (every gradient is 0): the loss is detached from "
                         "the graph (the step-1 loss agrees: the forward is right)"),
+    ({"w": REF["w"], "b": np.array([0.1, -0.2])}, True,
+     "step 1: gradients differ, worst in b (max rel err 0.333): the backward is wrong "
+     "(the step-1 loss agrees: the forward is right)"),
+    # the step-1 loss differs already: the forward is named first (it read "the backward is wrong")
     ({"w": REF["w"], "b": np.array([0.1, -0.2])}, False,
-     "step 1: gradients differ, worst in b (max rel err 0.333): the backward is wrong"),
+     "step 1: the loss itself differs from the reference's, so the forward is wrong first; the gradients differ too, "
+     "worst in b (max rel err 0.333)"),
+    # a flipped sign is not a scale (it read "the backward is scaled wrongly")
+    (scaled(-1.0), True, "step 1: every gradient is -1.000x the reference's: sign flipped "
+                         "(the step-1 loss agrees: the forward is right)"),
 ])
 def test_gradient_summary(grads, forward_equal, text):
     assert evidence.gradients(grads, REF, 1e-4, forward_equal)["summary"] == text
@@ -79,3 +87,11 @@ def test_against_fp64_is_the_candidates_distance_as_a_share_of_the_references_ow
     assert (d["fp64_max_diff"], d["ref_fp64_max_diff"]) == (pytest.approx(4e-7), pytest.approx(2e-7))
     assert d["fp64_ratio"] == pytest.approx(2.0)
     assert against_fp64(fp64, fp64, fp64)["fp64_ratio"] == 0.0  # all three the same: no distance to share
+
+
+def test_first_visible_is_the_first_step_where_a_member_left_the_reference():
+    from lossbench.evidence import first_visible
+
+    ref = np.array([1.0, 0.5, 0.25, 0.2])
+    assert first_visible(np.array([ref, ref + [0, 0, 1e-7, 0]]), ref) == 3
+    assert first_visible(np.array([ref, ref]), ref) is None  # the nudge rounded away: the envelope is its floor

@@ -99,11 +99,11 @@ def test_each_machine_runs_its_own_pipeline_only(machines):
     for m in ("a", "b"):
         stages = [s for s in ran(logs[m]) if s != "download"]
         assert stages and all(s.startswith(f"results/{m}/dvc.yaml:") for s in stages), stages
-        assert f"results/{m}/dvc.yaml:train@numpy_mse-cpu" in stages
+        assert f"results/{m}/dvc.yaml:train@numpy_mse-cpu-fp32-eager" in stages
         assert "Use `dvc push`" not in logs[m]  # `make push` shares results; DVC's own hint is left out
         assert f"lossbench: this machine's report: results/{m}/report/report.md" in logs[m]
     lock = yaml.safe_load((roots["a"] / "results" / "a" / "dvc.lock").read_text())
-    assert "train@numpy_mse-cpu" in lock["stages"] and not (roots["a"] / "results" / "b").exists()
+    assert "train@numpy_mse-cpu-fp32-eager" in lock["stages"] and not (roots["a"] / "results" / "b").exists()
 
 
 def test_the_second_push_is_refused_in_one_line_and_the_pull_merges_cleanly(machines, world):
@@ -131,15 +131,15 @@ def test_a_reader_pulls_every_machine_and_its_overview_compares_them_without_tra
     assert "machines: pulled from" in logs["c-pull"] and "missing" not in logs["c-pull"]
     ov = overview(c)
     assert ov["passed"] is True and ov["machines"] == ["a", "b"]
-    assert ov["across"]["numpy_mse-cpu:a-vs-b"]["passed"] is True
-    assert ov["across"]["numpy_mse-cpu:a-vs-b"]["bitwise_equal_steps"] == 235  # one host: the same bits
+    assert ov["across"]["numpy_mse-cpu-fp32-eager:a-vs-b"]["passed"] is True
+    assert ov["across"]["numpy_mse-cpu-fp32-eager:a-vs-b"]["bitwise_equal_steps"] == 235  # one host: the same bits
     md = (c / "reports" / "overview.md").read_text()
     # every machine's cost is there, with its verdict; no blank cell
-    row = next(line for line in md.splitlines() if line.startswith("| numpy_mse-cpu "))
+    row = next(line for line in md.splitlines() if line.startswith("| numpy_mse-cpu-fp32-eager "))
     assert row.count("equal, cost ") == 2, row
     assert "- not run on a, cuda: " in md and "- not run on b, cuda: " in md
     for m in ("a", "b"):  # the raw results came through DVC
-        assert (c / "results" / m / "runs" / "numpy_mse-cpu" / "steps.csv").is_file()
+        assert (c / "results" / m / "runs" / "numpy_mse-cpu-fp32-eager" / "steps.csv").is_file()
 
 
 def test_a_plain_dvc_repro_refuses_another_machines_pipeline_in_one_line(machines, world):
@@ -165,7 +165,7 @@ def test_uncommitted_loss_files_are_named_before_anything_is_pushed(machines, wo
     p["losses"]["mine"] = {"fn": "losses.mine:my_mse"}
     (a / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     log = sh(f"{WORKFLOW} repro", a, env_a)
-    assert "results/a/dvc.yaml:train@mine-cpu" in ran(log)
+    assert "results/a/dvc.yaml:train@mine-cpu-fp32-eager" in ran(log)
     out = sh(f"{WORKFLOW} push", a, env_a, ok=False)
     assert out.returncode == 2 and out.stderr.strip() == (
         "machines: commit these first, the results depend on them: losses/mine.py, params.yaml (`git commit -m "
@@ -177,10 +177,10 @@ def test_uncommitted_loss_files_are_named_before_anything_is_pushed(machines, wo
     sh(f"{WORKFLOW} push", a, env_a)
     pull(b, env_b)
     log = sh(f"{WORKFLOW} repro", b, env_b)
-    assert [s for s in ran(log) if ":train@" in s] == ["results/b/dvc.yaml:train@mine-cpu",
-                                                        "results/b/dvc.yaml:train@mine-cuda"]
+    assert [s for s in ran(log) if ":train@" in s] == ["results/b/dvc.yaml:train@mine-cpu-fp32-eager",
+                                                        "results/b/dvc.yaml:train@mine-cuda-fp32-eager"]
     ov = overview(b)
-    assert ov["across"]["mine-cpu:a-vs-b"]["passed"] is True
+    assert ov["across"]["mine-cpu-fp32-eager:a-vs-b"]["passed"] is True
     # b has not pushed: its own regenerated results are uncommitted, and a pull still goes through
     pull(b, env_b)
     out = sh(f"{WORKFLOW} push", b, env_b)
@@ -196,9 +196,9 @@ def test_a_platform_change_retrains_on_its_own_machine_only(machines, world):
     a = roots["a"]
     pull(a, machine_env("a", mirror))
     log = sh(f"{WORKFLOW} repro", a, machine_env("a", mirror, OMP_NUM_THREADS="1"))
-    trained = [s for s in ran(log) if ":train@" in s and s.endswith("-cpu")]
-    assert trained == [f"results/a/dvc.yaml:train@{l}-cpu" for l in sorted(LOSSES + ["mine"])]
-    run = json.loads((a / "results" / "a" / "runs" / "torch_mse-cpu" / "run.json").read_text())
+    trained = [s for s in ran(log) if ":train@" in s and s.endswith("-cpu-fp32-eager")]
+    assert trained == [f"results/a/dvc.yaml:train@{l}-cpu-fp32-eager" for l in sorted(LOSSES + ["mine"])]
+    run = json.loads((a / "results" / "a" / "runs" / "torch_mse-cpu-fp32-eager" / "run.json").read_text())
     assert run["platform"]["torch_threads"] == 1
     assert not any(s.startswith("results/b/") for s in ran(log))
 

@@ -82,12 +82,12 @@ def test_repro_trains_every_configuration(repo):
     assert ran(log)[:2] == CHECKS and log.index(f"Running stage '{MACHINE}/dvc.yaml:check@") < \
         log.index(f"Running stage '{MACHINE}/dvc.yaml:train@")
     for loss in params.train.losses:
-        run = json.loads((root / RUNS / f"{loss}-cpu" / "run.json").read_text())
-        steps = pd.read_csv(root / RUNS / f"{loss}-cpu" / "steps.csv")
+        run = json.loads((root / RUNS / f"{loss}-cpu-fp32-eager" / "run.json").read_text())
+        steps = pd.read_csv(root / RUNS / f"{loss}-cpu-fp32-eager" / "steps.csv")
         assert run["status"] == "ran" and len(steps) == 470 * params.train.repeats
         assert steps.groupby("repeat").size().tolist() == [470] * params.train.repeats
         assert (steps.loc[steps["repeat"] == 1, "epoch"].value_counts().sort_index().tolist() == [235, 235])
-        cuda = json.loads((root / RUNS / f"{loss}-cuda" / "run.json").read_text())
+        cuda = json.loads((root / RUNS / f"{loss}-cuda-fp32-eager" / "run.json").read_text())
         assert cuda["status"] == ("ran" if torch.cuda.is_available() else "unavailable")
 
 
@@ -142,7 +142,7 @@ def tutorial_losses(data_root, loss_name):
 def test_pipeline_equals_the_tutorial_written_independently(repo, loss):
     """Not lossbench against itself: the default pipeline's steps.csv against the tutorial's loop, bit for bit."""
     root, _, _ = repo
-    steps = pd.read_csv(root / RUNS / f"{loss}-cpu" / "steps.csv")
+    steps = pd.read_csv(root / RUNS / f"{loss}-cpu-fp32-eager" / "steps.csv")
     ours = steps.loc[steps["repeat"] == 1, "loss"].map(float.hex).tolist()
     theirs = [float.hex(v) for v in tutorial_losses(root / "data", loss)]
     assert len(theirs) == 470 and len(ours) == 470
@@ -164,9 +164,9 @@ def test_a_configuration_in_the_pipeline_equals_its_solo_run(repo, tmp_path):
     # one configuration's own process, nothing else in it: the pipeline's outputs must be the same bits
     root, env, _ = repo
     solo = tmp_path / "solo"
-    sh(f"python -m stages.train --check {MACHINE}/check/cpu/numpy_mse.json --params params.yaml --data data "
+    sh(f"python -m stages.train --check {MACHINE}/check/cpu/numpy_mse-cpu-fp32-eager.json --params params.yaml --data data "
        f"--out {solo}", root, env)
-    run = root / RUNS / "numpy_mse-cpu"
+    run = root / RUNS / "numpy_mse-cpu-fp32-eager"
     a, b = (pd.read_csv(d / "steps.csv") for d in (run, solo))
     assert a["loss"].map(float.hex).tolist() == b["loss"].map(float.hex).tolist()
     for name in ("grads.npz", "weights.npz"):
@@ -181,21 +181,21 @@ def test_report_verdicts_on_real_mnist(repo):
     m = metrics(root)
     c = m["configs"]
     assert m["passed"] is True
-    assert {l: c[f"{l}-cpu"]["verdict"] for l in
+    assert {l: c[f"{l}-cpu-fp32-eager"]["verdict"] for l in
             ("functional_mse", "module_mse", "numpy_mse", "numpy_detached", "wrong_backward")} == {
         "functional_mse": "equal", "module_mse": "equal", "numpy_mse": "equal", "numpy_detached": "differs",
         "wrong_backward": "differs"}
-    assert c["numpy_mse-cpu"]["max_abs_diff"] <= m["tolerance"]["same_device"]["atol"]
-    assert c["numpy_mse-cpu"]["grad_within"] is True
-    assert c["numpy_detached-cpu"]["weights_changed"] is False and c["numpy_detached-cpu"]["grad_factor"] == 0
+    assert c["numpy_mse-cpu-fp32-eager"]["max_abs_diff"] <= m["tolerance"]["same_device"]["atol"]
+    assert c["numpy_mse-cpu-fp32-eager"]["grad_within"] is True
+    assert c["numpy_detached-cpu-fp32-eager"]["weights_changed"] is False and c["numpy_detached-cpu-fp32-eager"]["grad_factor"] == 0
     # the gradient check names the culprit at step 1, where the trajectory alone says nothing yet
-    assert c["wrong_backward-cpu"]["grad_factor"] == pytest.approx(2.0, abs=1e-3)
-    assert ("wrong_backward-cpu** vs torch_mse: step 1: every gradient is 2.000x the reference's"
+    assert c["wrong_backward-cpu-fp32-eager"]["grad_factor"] == pytest.approx(2.0, abs=1e-3)
+    assert ("wrong_backward-cpu-fp32-eager** vs torch_mse: step 1: every gradient is 2.000x the reference's"
             in (root / REPORT / "report.md").read_text())
     if not torch.cuda.is_available():
-        assert c["numpy_mse-cuda"]["verdict"] == "not run"
+        assert c["numpy_mse-cuda-fp32-eager"]["verdict"] == "not run"
         assert "## Not run" in (root / REPORT / "report.md").read_text()
-    for png in ("loss-cpu.png", "absdiff-cpu.png", "step-time.png"):
+    for png in ("loss-cpu-fp32-eager.png", "absdiff-cpu-fp32-eager.png", "step-time.png"):
         with Image.open(root / REPORT / png) as img:
             img.verify()
 
@@ -206,11 +206,11 @@ def test_metrics_and_plots_are_visible_to_dvc(repo):
     assert shown[""]["data"][f"{REPORT}/metrics.json"]["data"]["passed"] is True
     # at DVC's default precision a 3e-6 drift still shows: as the share of its tolerance used
     header, values = [re.split(r"\s{2,}", line.strip()) for line in sh("dvc metrics show", root, env).splitlines()[:2]]
-    shown = float(values[header.index("configs.numpy_mse-cpu.tol_used")])
-    used = metrics(root)["configs"]["numpy_mse-cpu"]["tol_used"]
+    shown = float(values[header.index("configs.numpy_mse-cpu-fp32-eager.tol_used")])
+    used = metrics(root)["configs"]["numpy_mse-cpu-fp32-eager"]["tol_used"]
     assert 0 < used < 1 and shown == round(used, 5) > 0
     plots = json.loads(sh("dvc plots show --json", root, env))
-    assert f"{REPORT}/plots/loss/cpu.csv" in plots["data"] and f"{REPORT}/plots/absdiff/cpu.csv" in plots["data"]
+    assert f"{REPORT}/plots/loss/cpu-fp32-eager.csv" in plots["data"] and f"{REPORT}/plots/absdiff/cpu-fp32-eager.csv" in plots["data"]
 
 
 def test_second_repro_retrains_nothing(repo):
@@ -246,7 +246,7 @@ def test_require_devices_stops_a_cached_workspace(repo):
 def test_bad_input_stops_in_seconds_before_any_output_is_deleted(repo, edit, line):
     root, env, _ = repo
     text = (root / "params.yaml").read_text()
-    before = (root / RUNS / "numpy_mse-cpu" / "steps.csv").read_bytes()
+    before = (root / RUNS / "numpy_mse-cpu-fp32-eager" / "steps.csv").read_bytes()
     edit_params(root, edit)
     try:
         t0 = time.perf_counter()
@@ -256,7 +256,7 @@ def test_bad_input_stops_in_seconds_before_any_output_is_deleted(repo, edit, lin
         (root / "params.yaml").write_text(text)
     assert out.returncode != 0 and set(ran(out.stdout + out.stderr)) <= set(CHECKS), out.stdout
     assert line in out.stderr and "Traceback" not in out.stderr
-    assert (root / RUNS / "numpy_mse-cpu" / "steps.csv").read_bytes() == before
+    assert (root / RUNS / "numpy_mse-cpu-fp32-eager" / "steps.csv").read_bytes() == before
     print(f"stopped after {seconds:.1f} s")
 
 
@@ -275,23 +275,23 @@ def test_a_users_loss_is_a_dependency(repo):
     edit_params(root, add)
     log = sh(REPRO, root, env)
     # only the new loss trains: its reference's stage, where the reference's noise ensemble is computed, does not
-    assert ran(log) == CHECKS + ["cost@cpu", "cost@cuda", "report", "train@mine-cpu", "train@mine-cuda"]
-    mine = metrics(root)["configs"]["mine-cpu"]
+    assert ran(log) == CHECKS + ["cost@cpu", "cost@cuda", "report", "train@mine-cpu-fp32-eager", "train@mine-cuda-fp32-eager"]
+    mine = metrics(root)["configs"]["mine-cpu-fp32-eager"]
     assert mine["verdict"] == "equal" and mine["cost_ratio_low"] <= mine["cost_ratio"] <= mine["cost_ratio_high"]
-    src = json.loads((root / RUNS / "mine-cpu" / "run.json").read_text())["loss_source"]
+    src = json.loads((root / RUNS / "mine-cpu-fp32-eager" / "run.json").read_text())["loss_source"]
     assert list(src["files"]) == ["losses/mine.py"]
 
     (root / "losses" / "mine.py").write_text(MINE.format(bug=" * 2"))  # a bug: the loss (and gradient) doubled
     out = sh(REPRO, root, env, ok=False)
     assert out.returncode != 0 and ran(out.stdout + out.stderr) == CHECKS + ["cost@cpu", "cost@cuda", "report",
-                                                                    "train@mine-cpu", "train@mine-cuda"]
-    assert "mine-cpu: expected equal to torch_mse-cpu, but step 1: every gradient is 2.000x" in out.stderr
-    assert metrics(root)["configs"]["mine-cpu"]["passed"] is False
+                                                                    "train@mine-cpu-fp32-eager", "train@mine-cuda-fp32-eager"]
+    assert "mine-cpu-fp32-eager: expected equal to torch_mse-cpu-fp32-eager, but step 1: every gradient is 2.000x" in out.stderr
+    assert metrics(root)["configs"]["mine-cpu-fp32-eager"]["passed"] is False
 
     (root / "losses" / "mine.py").write_text(MINE.format(bug=""))  # fixed: back to a PASS, nothing else trains
     log = sh(REPRO, root, env)
     assert [s for s in ran(log) if s.startswith("train@") and not s.startswith("train@mine")] == []
-    assert metrics(root)["passed"] is True and metrics(root)["configs"]["mine-cpu"]["verdict"] == "equal"
+    assert metrics(root)["passed"] is True and metrics(root)["configs"]["mine-cpu-fp32-eager"]["verdict"] == "equal"
 
 
 def test_example_losses_equal_their_references_through_dvc_exp_run(repo):
@@ -300,14 +300,24 @@ def test_example_losses_equal_their_references_through_dvc_exp_run(repo):
     losses = "[torch_l1,numpy_l1,huber_ref,numpy_huber,torch_bce,numpy_bce]"
     log = sh(f"dvc exp run {MACHINE}/dvc.yaml -S 'train.losses={losses}' -S 'train.devices=[cpu]' "
              "-S train.repeats=1", root, env)
-    assert f"Running stage '{MACHINE}/dvc.yaml:train@numpy_huber-cpu'" in log
+    assert f"Running stage '{MACHINE}/dvc.yaml:train@numpy_huber-cpu-fp32-eager'" in log
     c = metrics(root)["configs"]
     for cand, ref in (("numpy_l1", "torch_l1"), ("numpy_huber", "huber_ref"), ("numpy_bce", "torch_bce")):
-        row = c[f"{cand}-cpu"]
+        row = c[f"{cand}-cpu-fp32-eager"]
         assert (row["reference"], row["verdict"], row["passed"]) == (ref, "equal", True), row
         assert row["grad_max_rel_err"] == 0.0  # each backward follows torch's formula: bitwise equal gradients
         print(f"{cand}: max |diff| {row['max_abs_diff']:.3g}, bitwise-equal steps {row['bitwise_equal_steps']}")
     assert metrics(root)["passed"] is True
+
+
+def test_the_readmes_restore_line_returns_to_the_committed_state(repo):
+    """After `dvc exp run` (which rewrites params.yaml, and whose DVC stages the lock in Git's index), the README's
+    line returns params, lock and report to the last commit; a plain `git checkout <path>` restored the staged lock."""
+    root, env, _ = repo
+    assert sh("git status --porcelain params.yaml results", root)  # the experiment left its changes
+    sh("git checkout HEAD -- params.yaml results && dvc checkout", root, env)
+    assert sh("git status --porcelain params.yaml results", root) == ""
+    assert sh("git diff --cached --stat", root) == ""
 
 
 # The noise envelope's separation, through the real pipeline (docs/envelope.md): the calibration losses, then the
@@ -327,16 +337,16 @@ def test_the_noise_envelope_separates_rounding_from_wrong_losses(repo):
     losses = ",".join(["torch_mse", "huber_ref", *SEPARATION])
     log = sh(f"dvc exp run {MACHINE}/dvc.yaml -S 'train.losses=[{losses}]' -S 'train.devices=[cpu]' "
              "-S train.repeats=1", root, env)
-    assert f"Running stage '{MACHINE}/dvc.yaml:train@huber_other_order-cpu'" in log
+    assert f"Running stage '{MACHINE}/dvc.yaml:train@huber_other_order-cpu-fp32-eager'" in log
     s = metrics(root)
     assert s["passed"] is True, s["failures"]
     c = s["configs"]
     for loss, (ref, verdict) in SEPARATION.items():
-        row = c[f"{loss}-cpu"]
+        row = c[f"{loss}-cpu-fp32-eager"]
         assert (row["reference"], row["verdict"]) == (ref, verdict), row
         print(f"{loss}: noise used {row['noise_used']:.3g} (gradients {row['grad_noise_used']:.3g}), "
               f"fixed-rule tol_used {row['tol_used']:.3g}, growth {row['growth']}")
-    equal = [c[f"{l}-cpu"] for l, (_, v) in SEPARATION.items() if v == "equal"]
+    equal = [c[f"{l}-cpu-fp32-eager"] for l, (_, v) in SEPARATION.items() if v == "equal"]
     assert max(r["noise_used"] for r in equal) < 0.5  # a margin of 2x at least, on the side of the right ones
     # a right loss the fixed tolerance calls wrong: the other-order Huber drifts past 1e-5 with bitwise-right maths
-    assert c["huber_other_order-cpu"]["tol_used"] > 1 and c["huber_other_order-cpu"]["noise_used"] < 1
+    assert c["huber_other_order-cpu-fp32-eager"]["tol_used"] > 1 and c["huber_other_order-cpu-fp32-eager"]["noise_used"] < 1

@@ -31,8 +31,8 @@ def test_make_repro_on_a_reduced_params_set_judges_and_then_reruns_only_the_chec
     summary = json.loads((root / "results" / "local" / "report" / "summary.json").read_text())
     c = summary["configs"]
     assert summary["passed"] is True and summary["rule"] == "envelope"
-    assert (c["numpy_mse-cpu"]["verdict"], c["wrong_backward-cpu"]["verdict"]) == ("equal", "differs")
-    assert c["numpy_mse-cpu"]["steps"] == 59 and c["numpy_mse-cpu"]["noise_used"] < 1
+    assert (c["numpy_mse-cpu-fp32-eager"]["verdict"], c["wrong_backward-cpu-fp32-eager"]["verdict"]) == ("equal", "differs")
+    assert c["numpy_mse-cpu-fp32-eager"]["steps"] == 59 and c["numpy_mse-cpu-fp32-eager"]["noise_used"] < 1
     assert json.loads((root / "reports" / "overview.json").read_text())["machines"] == ["local"]
     again = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     assert again.returncode == 0

@@ -24,11 +24,19 @@ def test_ratio_interval_from_per_round_ratios():
 @pytest.mark.parametrize("ratio, lo, hi, label", [
     (1.10, 1.08, 1.12, "slower"),
     (0.50, 0.45, 0.55, "faster"),
-    (1.03, 1.01, 1.05, "no measurable difference"),  # clear of 1, but below the minimum effect
+    (1.03, 1.01, 1.05, "below the 1.05 effect floor"),  # clear of 1, but below the minimum effect: said so
     (1.10, 0.98, 1.22, "no measurable difference"),  # large, but the interval holds 1
 ])
 def test_label_needs_an_interval_clear_of_1_and_a_minimum_effect(ratio, lo, hi, label):
     assert stats.label(ratio, lo, hi, 1.05) == label
+
+
+def test_a_noisy_measurement_says_so():
+    ref = np.ones(5)
+    quiet, loud = ref * [1.01, 1.02, 1.0, 1.01, 1.02], ref * [1.0, 1.3, 0.95, 1.25, 1.1]
+    assert stats.spread(quiet, ref) < stats.NOISY <= stats.spread(loud, ref)
+    assert stats.label(1.13, 1.02, 1.25, 1.05, stats.spread(loud, ref)).startswith("slower (noisy: rounds spread 14%")
+    assert stats.label(1.01, 1.0, 1.02, 1.05, stats.spread(quiet, ref)) == "no measurable difference"
 
 
 def test_t_quantiles():
@@ -41,10 +49,11 @@ def test_cost_stage_times_every_loss_in_turn(tmp_path, synthetic):
     checks = check_files(params, tmp_path / "check")
     c = json.loads(cost_file(params, synthetic, checks, tmp_path / "cost").read_text())
     assert c["status"] == "ran" and c["params"]["rounds"] == 3 and c["determinism"]["use_deterministic_algorithms"]
-    assert sorted(c["losses"]) == ["numpy_detached", "numpy_mse", "torch_mse"]
-    for m in c["losses"].values():
+    assert sorted(c["configurations"]) == ["numpy_detached-cpu-fp32-eager", "numpy_mse-cpu-fp32-eager",
+                                           "torch_mse-cpu-fp32-eager"]
+    for m in c["configurations"].values():
         assert len(m["step_seconds"]) == 3 and all(s > 0 for s in m["step_seconds"])
         assert set(m["phase_seconds"]) == {"forward", "loss", "backward", "step"}
     cuda = json.loads(cost_file(params, synthetic, checks, tmp_path / "cost", "cuda").read_text())
-    if not json.loads((checks / "cuda" / "torch_mse.json").read_text())["available"]:
+    if not json.loads((checks / "cuda" / "torch_mse-cuda-fp32-eager.json").read_text())["available"]:
         assert cuda["status"] == "unavailable" and cuda["reason"]

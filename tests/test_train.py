@@ -32,7 +32,7 @@ def test_outputs_of_a_run(tmp_path, synthetic):
     assert one["step"].tolist() == list(range(1, 9)) * 2
     assert one["global_step"].tolist() == list(range(1, 17))
     run = json.loads((out / "run.json").read_text())
-    assert run["status"] == "ran" and run["config"] == "numpy_mse-cpu" and run["steps"] == 16
+    assert run["status"] == "ran" and run["config"] == "numpy_mse-cpu-fp32-eager" and run["steps"] == 16
     assert run["weights_changed"] and run["weights_start"] != run["weights_end"]
     assert run["params"]["batch_size"] == 64 and run["platform"]["versions"]["torch"] == torch.__version__
     assert run["fn"] == "numpy_mse" and run["loss_source"] == {"registered": "lossbench/losses.py"}
@@ -121,9 +121,9 @@ def test_failure_inside_a_run_is_one_line_naming_config_repeat_epoch_step(tmp_pa
         run_main(tmp_path, synthetic, loss=name)
     assert e.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"train: {name}-cpu repeat 1, epoch 1, step 4 (global step 4): ")
+    assert err.startswith(f"train: {name}-cpu-fp32-eager repeat 1, epoch 1, step 4 (global step 4): ")
     assert re.search(message, err), err
-    assert sorted(p.name for p in (tmp_path / "run" / f"{name}-cpu").iterdir()) == []  # nothing that looks done
+    assert sorted(p.name for p in (tmp_path / "run" / f"{name}-cpu-fp32-eager").iterdir()) == []  # nothing that looks done
 
 
 def test_interrupted_run_leaves_no_steps_csv(tmp_path, synthetic, monkeypatch):
@@ -227,19 +227,20 @@ def test_a_run_does_not_import_torchvision(tmp_path, synthetic):
     # ~0.5 s a process beyond torch and torch._dynamo (which Adam itself imports), x every configuration
     params = small_params(tmp_path / "p.yaml", losses=["torch_mse"])
     checks = check_files(params, tmp_path / "check")
-    argv = ["--check", str(checks / "cpu" / "torch_mse.json"), "--params", str(params), "--data", str(synthetic),
+    argv = ["--check", str(checks / "cpu" / "torch_mse-cpu-fp32-eager.json"), "--params", str(params), "--data", str(synthetic),
             "--out", str(tmp_path / "run")]
     assert imported("train", argv) == {"torch": True, "torchvision": False}
     assert json.loads((tmp_path / "run" / "run.json").read_text())["determinism"]["use_deterministic_algorithms"]
 
 
 def test_a_configuration_that_cannot_run_here_imports_no_torch(tmp_path, synthetic):
-    check = {"config": "torch_mse-cuda", "loss": "torch_mse", "device": "cuda", "fn": "torch_mse", "args": {},
-             "source": {"registered": "lossbench/losses.py"}, "platform": {"host": "h"}, "available": False,
-             "reason": "no CUDA device here"}
+    check = {"config": "torch_mse-cuda-fp32-eager", "loss": "torch_mse", "device": "cuda", "precision": "fp32",
+             "mode": "eager", "fn": "torch_mse", "args": {}, "source": {"registered": "lossbench/losses.py"},
+             "platform": {"host": "h"}, "available": False, "reason": "no CUDA device here", "unsupported": None,
+             "dtypes": None}
     (tmp_path / "check" / "cuda").mkdir(parents=True)
-    (tmp_path / "check" / "cuda" / "torch_mse.json").write_text(json.dumps(check))
-    argv = ["--check", str(tmp_path / "check" / "cuda" / "torch_mse.json"), "--params", "params.yaml",
+    (tmp_path / "check" / "cuda" / "torch_mse-cuda-fp32-eager.json").write_text(json.dumps(check))
+    argv = ["--check", str(tmp_path / "check" / "cuda" / "torch_mse-cuda-fp32-eager.json"), "--params", "params.yaml",
             "--data", str(synthetic), "--out", str(tmp_path / "run")]
     assert not any(imported("train", argv).values())
     run = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -248,3 +249,21 @@ def test_a_configuration_that_cannot_run_here_imports_no_torch(tmp_path, synthet
             "--check", str(tmp_path / "check" / "cuda"), "--out", str(tmp_path / "cuda.json")]
     assert not any(imported("cost", argv).values())
     assert json.loads((tmp_path / "cuda.json").read_text())["status"] == "unavailable"
+
+
+def test_a_loss_unsupported_under_bf16_is_a_finding_its_train_stage_writes_before_importing_torch(tmp_path, synthetic):
+    """The check's pre-flight through the model under bf16 found numpy_mse failing: its train stage records the
+    state, the reason and the fix, and trains nothing; the negative control and the fix train under bf16."""
+    params = small_params(tmp_path / "params.yaml", losses=["torch_mse", "numpy_mse", "wrong_backward"],
+                          precisions=["bf16"], epochs=1)
+    checks = check_files(params, tmp_path / "check")
+    argv = ["--check", str(checks / "cpu" / "numpy_mse-cpu-bf16-eager.json"), "--params", str(params),
+            "--data", str(synthetic), "--out", str(tmp_path / "run")]
+    assert not any(imported("train", argv).values())
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["status"] == "unsupported" and run["precision"] == "bf16"
+    assert run["reason"].startswith("unsupported under bf16: the loss raised TypeError: Got unsupported ScalarType")
+    assert run["dtypes"] == {"received": "bfloat16", "target": "float32"}
+    out = train_config(params, synthetic, checks, tmp_path / "runs", "wrong_backward", precision="bf16")
+    ran = json.loads((out / "run.json").read_text())
+    assert ran["status"] == "ran" and ran["dtypes"]["received"] == "bfloat16" and ran["precision"] == "bf16"
