@@ -6,8 +6,8 @@
    The preloaded runs' time is broken down: loading, model set-up, the steps' own
    work (steps x median step), the first steps' excess, the spread of the rest,
    and the loop outside the steps; its ratio to the steps' own work is the goal.
-2. Cost: every loss of ``train.losses`` timed in turn (the cost stage's
-   measurement), each candidate's ratio to its reference with its 95% interval.
+2. Cost: every loss of ``train.losses`` timed in turn (the measurement each candidate's train stage makes
+   beside its reference, here all in one), each candidate's ratio to its reference with its 95% interval.
 3. Repro overhead (``--repro``): a cold ``dvc repro -f`` in a copy of this
    working tree, its wall time against the training and timing loops it runs.
 """
@@ -122,19 +122,19 @@ def repro_overhead(python_bin):
         subprocess.run([sys.executable, "-m", "lossbench.workflow", "repro", "-f", "-q"], cwd=tmp, env=env, check=True)
         wall = time.perf_counter() - t0
         runs = [json.loads(p.read_text()) for p in sorted((here / "runs").glob("*/run.json"))]
-        costs = [json.loads(p.read_text()) for p in sorted((here / "cost").glob("*.json"))]
+        costs = [json.loads(p.read_text()) for p in sorted((here / "runs").glob("*/cost.json"))]
     train = sum(r["total_seconds"] for run in runs if run["status"] == "ran" for r in run["repeats"])
     ensembles = [run["envelope"] for run in runs if run["status"] == "ran" and run.get("envelope")]
     noise = sum(e["seconds"] + e["fp64_seconds"] for e in ensembles)  # the references' envelopes (report.envelope)
     train += noise
-    timing = sum(c["loop_seconds"] for c in costs if c["status"] == "ran")
+    timing = sum(c["loop_seconds"] for c in costs)
     ran = sum(run["status"] == "ran" for run in runs)
     print(f"## Cold `dvc repro -f` ({len(runs)} configurations, {ran} run here)")
     print(f"  wall {wall:.1f} s; training loops {train:.1f} s + timing loops {timing:.1f} s = {train + timing:.1f} s")
     print(f"  of the training loops, the references' envelopes: {noise:.1f} s ({len(ensembles)} references x "
           f"({ensembles[0]['members'] if ensembles else 0} members + 1 float64 run))")
     print(f"  wall / loops: {wall / (train + timing):.2f}x (goal <= 1.5x); the rest is one torch import per "
-          f"process that trains or times ({ran} + 1 + a check stage per device), the download's digests, the report, "
+          f"process that trains and times ({ran} + a check stage per device), the download's digests, the report, "
           "the overview")
 
 

@@ -33,6 +33,7 @@ class Run:
     members: np.ndarray | None = None  # a reference's envelope: each member's losses, (K, steps)
     fp64: np.ndarray | None = None  # a reference's envelope: the same run in float64, (steps,) (a diagnostic)
     member_gradients: dict | None = None  # a reference's envelope: per parameter, its step-1 gradient noise
+    cost: dict | None = None  # a candidate's: its step time beside its reference's (stages/train.py cost.json)
 
     @property
     def name(self):
@@ -75,8 +76,9 @@ def load_run(run_dir, config):
         members = table.filter(like="member_").to_numpy().T  # (K, steps)
         fp64 = table["fp64"].to_numpy()  # (steps,)
         member_gradients = read_json(run_dir / "envelope_gradients.json")
+    cost = read_json(run_dir / "cost.json") if (run_dir / "cost.json").is_file() else None
     return Run(config, info, steps, read_tensors(run_dir / "grads.npz"), read_tensors(run_dir / "weights.npz"),
-               members, fp64, member_gradients)
+               members, fp64, member_gradients, cost)
 
 
 def load_runs(runs_dir, configurations):
@@ -177,32 +179,36 @@ def mixed_platforms(device, ran):
     return None
 
 
-def cost_rows(params, costs, configurations):
-    """Per configuration that was timed: its cost ratio to its reference with a 95% interval, and its phases."""
+def cost_rows(params, runs):
+    """Per configuration that was timed: its cost ratio to its reference with a 95% interval, and its phases. A
+    candidate was timed beside its reference in its own train stage; a reference's row takes its timed step from
+    the first candidate that timed it."""
     plan, rows = params.plan(), {}
-    for config in configurations:
-        c = costs.get(config.device) or {}
-        timed = c.get("configurations", {}) if c.get("status") == "ran" else {}
+    for config, run in runs.items():
         ref = config.of(plan[config.loss].reference or config.loss)
-        if config.key not in timed or ref.key not in timed:
+        timed = (run.cost or {}).get("configurations", {})
+        if config.key not in timed or ref.key not in timed:  # a reference, or not timed (not run; copied)
             continue
-        m = timed[config.key]
-        ratio, lo, hi = stats.ratio_ci(m["step_seconds"], timed[ref.key]["step_seconds"])
-        phases = {p: [v * 1e3 for v in vals] for p, vals in m["phase_seconds"].items()}
-        rows[config.key] = {
-            "cost_ratio": ratio, "cost_ratio_low": lo, "cost_ratio_high": hi,
-            "cost": "reference" if ref == config else stats.label(
-                ratio, lo, hi, params.cost.min_effect, stats.spread(m["step_seconds"], timed[ref.key]["step_seconds"])),
-            "cost_step_ms": stats.mean_ci([v * 1e3 for v in m["step_seconds"]]),
-            "phases_ms": {p: stats.mean_ci(v) for p, v in phases.items()},
-        }
+        for key, other in ((config.key, ref.key), (ref.key, None)):
+            if key in rows:
+                continue
+            m = timed[key]
+            ratio, lo, hi = stats.ratio_ci(m["step_seconds"], timed[other]["step_seconds"]) if other else (1.0, 1.0, 1.0)
+            phases = {p: [v * 1e3 for v in vals] for p, vals in m["phase_seconds"].items()}
+            rows[key] = {
+                "cost_ratio": ratio, "cost_ratio_low": lo, "cost_ratio_high": hi,
+                "cost": "reference" if other is None else stats.label(
+                    ratio, lo, hi, params.cost.min_effect, stats.spread(m["step_seconds"], timed[other]["step_seconds"])),
+                "cost_step_ms": stats.mean_ci([v * 1e3 for v in m["step_seconds"]]),
+                "phases_ms": {p: stats.mean_ci(v) for p, v in phases.items()},
+            }
     return rows
 
 
-def evaluate(params, runs, costs=None):
+def evaluate(params, runs):
     """Every assertion, as data: metrics rows and a list of failure messages."""
     rp, train = params.report, params.train
-    timed = cost_rows(params, costs or {}, list(runs))
+    timed = cost_rows(params, runs)
     plan = params.plan()
     res = Result()
     levels = {}  # a reference run's noise level, computed once for its candidates, its own row and the cross pairs

@@ -108,7 +108,10 @@ def main_check(params_path, devices, out):
                             record["unsupported"] = problems.unsupported(precision, mode, device, problem).as_dict()
                             print(f"check: {config.key}: {record['unsupported']['message']}", file=sys.stderr)
                     records[config] = record
-    for config, record in records.items():
+    for config, record in records.items():  # a candidate's record holds its reference's: timed beside it
+        ref = params.plan()[config.loss].reference
+        record["reference"] = None if ref is None else {
+            k: records[config.of(ref)][k] for k in ("loss", "config", "fn", "args", "source", "unsupported")}
         write_json(config.check_file(out), record)
     for device in (d for d in devices if reasons[d] is not None):
         print(f"check: {device}: its configurations will be reported as not run: {reasons[device]}", file=sys.stderr)

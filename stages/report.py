@@ -12,7 +12,7 @@ from pathlib import Path
 from lossbench.config import load_params
 from lossbench.configuration import matrix
 from lossbench.errors import run as run_main
-from lossbench.io import read_json, write_json, write_text
+from lossbench.io import write_json, write_text
 from lossbench.render import draw, markdown, plot_tables, write_plot_data
 from lossbench.verdict import ReportError, evaluate, load_runs, metrics, summary
 
@@ -21,21 +21,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--runs", required=True)
-    p.add_argument("--cost", required=True, help="the cost stage's folder: <device>.json")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    run_main(lambda: report(args.params, args.runs, args.cost, args.out), "report")
+    run_main(lambda: report(args.params, args.runs, args.out), "report")
 
 
-def report(params_path, runs_dir, cost_dir, out):
+def report(params_path, runs_dir, out):
     params = load_params(params_path)
     try:
         runs = load_runs(runs_dir, matrix(params.train))
-        costs = {d: read_json(Path(cost_dir) / f"{d}.json") for d in params.train.devices
-                 if (Path(cost_dir) / f"{d}.json").is_file()}  # a device run elsewhere and not pulled: untimed
     except (FileNotFoundError, ValueError) as e:
         raise ReportError(str(e)) from e
-    res = evaluate(params, runs, costs)
+    res = evaluate(params, runs)
     out = Path(out)
     tables = plot_tables(runs, params.plan())
     write_plot_data(tables, out)

@@ -4,13 +4,15 @@ Reads the configuration's check file (the loss, its code's digests, the device,
 the platform) and writes into ``<out>``: ``steps.csv`` (every step's loss, for
 every repeat), ``grads.npz`` (every parameter's step-1 gradient),
 ``weights.npz`` (the final weights), for a reference under the envelope rule its envelope (``envelope.csv``,
-each member's losses and the float64 run's; ``envelope_gradients.json``) and, last, ``run.json`` (status, params,
+each member's losses and the float64 run's; ``envelope_gradients.json``), for a candidate ``cost.json`` (its
+step time beside its reference's, timed in turn here: lossbench.timing) and, last, ``run.json`` (status, params,
 digests, wall-clock, phases, platform). All through temporary files, so an
 interrupted or failed run leaves no steps.csv or run.json that looks complete.
 """
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from lossbench.config import load_params
@@ -18,7 +20,7 @@ from lossbench.errors import run
 from lossbench.io import read_json, write_json, write_steps, write_tensors
 from lossbench.machines import host_name
 
-OUTPUTS = ("run.json", "steps.csv", "grads.npz", "weights.npz", "envelope.csv", "envelope_gradients.json")
+OUTPUTS = ("run.json", "steps.csv", "grads.npz", "weights.npz", "envelope.csv", "envelope_gradients.json", "cost.json")
 
 
 def train_stage(check_path, params_path, root, out):
@@ -48,7 +50,8 @@ def train_stage(check_path, params_path, root, out):
     from lossbench.training import train_config
 
     flags = determinism.set_determinism()  # before anything touches CUDA
-    train = load_params(params_path).train
+    params = load_params(params_path)
+    train = params.train
     record |= {"params": train.model_dump(exclude={"losses", "devices"}), "loader": train.loader,
                "determinism": flags}
     spec = resolve(check["loss"], check["fn"], check["args"])
@@ -70,7 +73,26 @@ def train_stage(check_path, params_path, root, out):
     if members:
         write_steps(out / "envelope.csv", tensors["envelope"])
         write_json(out / "envelope_gradients.json", tensors["envelope_gradients"])
+    if check["reference"] and not check["reference"]["unsupported"]:  # its cost, beside its reference, here
+        write_json(out / "cost.json", cost_beside_reference(check, spec, params, root))
     write_json(out / "run.json", {**record, **result})  # last: its presence marks a finished run
+
+
+def cost_beside_reference(check, spec, params, root):
+    """The candidate and its reference timed in turn, in this process (lossbench.timing): per round, each one's
+    median step and phase seconds. Here rather than in a stage of its own: no second torch import per edit."""
+    from lossbench import task
+    from lossbench.losses import resolve
+    from lossbench.timing import interleaved
+
+    ref = check["reference"]
+    train, cost = params.train, params.cost
+    specs = {check["config"]: spec, ref["config"]: resolve(ref["loss"], ref["fn"], ref["args"])}
+    batches, _ = task.batches(train.loader, root, check["device"], train.batch_size)
+    t0 = time.perf_counter()
+    timed = interleaved(specs, batches, check["device"], check["precision"], check["mode"], train.lr, train.seed,
+                        cost.rounds, cost.steps, cost.warmup_steps)
+    return {"params": cost.model_dump(), "loop_seconds": time.perf_counter() - t0, "configurations": timed}
 
 
 def main(argv=None):

@@ -93,16 +93,6 @@ def train_config(params, data, check_dir, runs, loss, device="cpu", precision="f
     return out
 
 
-def cost_file(params, data, check_dir, cost_dir, device="cpu"):
-    """The cost stage for one device, as DVC runs it; returns the file."""
-    from stages import cost
-
-    out = Path(cost_dir) / f"{device}.json"
-    cost.main(["--device", device, "--params", str(params), "--data", str(data), "--check", str(Path(check_dir) / device),
-               "--out", str(out)])
-    return out
-
-
 def copy_tree(src, dst, names):
     for name in names:
         target = Path(dst) / name

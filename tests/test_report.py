@@ -10,7 +10,7 @@ from lossbench.config import load_params
 from lossbench.configuration import Configuration, matrix
 from lossbench import evidence, verdict
 from stages import report
-from tests.conftest import ROOT, check_files, cost_file, small_params, train_config, write_idx
+from tests.conftest import ROOT, check_files, small_params, train_config, write_idx
 
 LOSSES = ["torch_mse", "functional_mse", "module_mse", "numpy_mse", "numpy_detached", "wrong_backward"]
 
@@ -24,8 +24,6 @@ def runs_dir(tmp_path_factory):
     write_idx(tmp / "data" / "MNIST" / "raw")
     params = small_params(tmp / "params.yaml", losses=LOSSES)
     checks = check_files(params, tmp / "check")
-    cost_file(params, tmp / "data", checks, tmp / "cost")
-    write_json(tmp / "cost" / "cuda.json", {"status": "unavailable", "reason": "no GPU in this test", "device": "cuda"})
     for loss in LOSSES:
         train_config(params, tmp / "data", checks, tmp / "runs", loss)
         write_json(tmp / "runs" / f"{loss}-cuda-fp32-eager" / "run.json",
@@ -37,7 +35,6 @@ def runs_dir(tmp_path_factory):
 def work(runs_dir, tmp_path):
     """A private copy of the runs and params, free to break."""
     shutil.copytree(runs_dir / "runs", tmp_path / "runs")
-    shutil.copytree(runs_dir / "cost", tmp_path / "cost")
     shutil.copy(runs_dir / "params.yaml", tmp_path / "params.yaml")
     import yaml
 
@@ -64,9 +61,8 @@ def test_cost_ratio_has_an_interval_and_a_label(work):
     from lossbench.io import read_json
 
     params = load_params(work / "params.yaml")
-    costs = {d: read_json(work / "cost" / f"{d}.json") for d in params.train.devices}
     runs = verdict.load_runs(work / "runs", matrix(params.train))
-    c = verdict.evaluate(params, runs, costs).configs
+    c = verdict.evaluate(params, runs).configs
     assert c["torch_mse-cpu-fp32-eager"]["cost"] == "reference" and c["torch_mse-cpu-fp32-eager"]["cost_ratio"] == 1.0
     for loss in LOSSES[1:]:
         r = c[f"{loss}-cpu-fp32-eager"]
@@ -262,7 +258,7 @@ def test_one_device_from_two_platforms_fails_naming_both_machines(work):
 
 
 def run_report(work):
-    report.main(["--params", str(work / "params.yaml"), "--runs", str(work / "runs"), "--cost", str(work / "cost"),
+    report.main(["--params", str(work / "params.yaml"), "--runs", str(work / "runs"),
                  "--out", str(work / "out")])
     return work / "out"
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lossbench import stats
-from tests.conftest import check_files, cost_file, small_params
+from tests.conftest import check_files, small_params, train_config
 
 
 def test_ratio_interval_from_per_round_ratios():
@@ -43,17 +43,19 @@ def test_t_quantiles():
     assert stats.t975(9) == 2.262 and stats.t975(27) == 2.060 and abs(stats.t975(200) - 1.97) < 0.01
 
 
-def test_cost_stage_times_every_loss_in_turn(tmp_path, synthetic):
-    params = small_params(tmp_path / "params.yaml", losses=["torch_mse", "numpy_mse", "numpy_detached"],
-                          devices=["cpu", "cuda"])
+def test_a_candidates_train_stage_times_it_beside_its_reference(tmp_path, synthetic):
+    """Its cost is measured where it trains, in turn with its reference: editing one loss re-times one loss
+    (a device-wide cost stage re-timed every loss of the device). A reference writes no cost of its own."""
+    params = small_params(tmp_path / "params.yaml", losses=["torch_mse", "numpy_mse"], devices=["cpu"])
     checks = check_files(params, tmp_path / "check")
-    c = json.loads(cost_file(params, synthetic, checks, tmp_path / "cost").read_text())
-    assert c["status"] == "ran" and c["params"]["rounds"] == 3 and c["determinism"]["use_deterministic_algorithms"]
-    assert sorted(c["configurations"]) == ["numpy_detached-cpu-fp32-eager", "numpy_mse-cpu-fp32-eager",
-                                           "torch_mse-cpu-fp32-eager"]
+    ref = train_config(params, synthetic, checks, tmp_path / "runs", "torch_mse")
+    cand = train_config(params, synthetic, checks, tmp_path / "runs", "numpy_mse")
+    assert not (ref / "cost.json").exists()
+    c = json.loads((cand / "cost.json").read_text())
+    assert c["params"]["rounds"] == 3 and c["loop_seconds"] > 0
+    assert sorted(c["configurations"]) == ["numpy_mse-cpu-fp32-eager", "torch_mse-cpu-fp32-eager"]
     for m in c["configurations"].values():
         assert len(m["step_seconds"]) == 3 and all(s > 0 for s in m["step_seconds"])
         assert set(m["phase_seconds"]) == {"forward", "loss", "backward", "step"}
-    cuda = json.loads(cost_file(params, synthetic, checks, tmp_path / "cost", "cuda").read_text())
-    if not json.loads((checks / "cuda" / "torch_mse-cuda-fp32-eager.json").read_text())["available"]:
-        assert cuda["status"] == "unavailable" and cuda["reason"]
+    record = json.loads((checks / "cpu" / "numpy_mse-cpu-fp32-eager.json").read_text())["reference"]
+    assert record["config"] == "torch_mse-cpu-fp32-eager" and record["fn"] == "torch_mse"  # its timing's other half
