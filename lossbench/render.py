@@ -40,12 +40,6 @@ def _style(i):
     return {"color": COLOURS[i % len(COLOURS)], "ls": STYLES[i % len(STYLES)], "lw": 1.2}
 
 
-def _twins(loss):
-    """Per column, the earlier column it equals bit for bit at every step (drawn on top of it), or None."""
-    cols = list(loss.columns)
-    return {c: next((o for o in cols[:i] if loss[o].equals(loss[c])), None) for i, c in enumerate(cols)}
-
-
 def draw(tables, res, params, out):
     """The report's pictures: loss curves, |diff| on a log scale, timed step with its interval."""
     paths = []
@@ -53,15 +47,25 @@ def draw(tables, res, params, out):
     plan = params.plan()
     order = list(plan)  # one order everywhere: train.losses, as the tables
     for setting, (config, loss, diff) in tables.items():
-        fig, ax = plt.subplots(figsize=(9.5, 3.8), dpi=80)
-        twins = _twins(loss)
-        for i, name in enumerate(loss.columns):
-            same = f" (= {twins[name]} at every step: on top of it)" if twins[name] else ""
-            ax.plot(loss.index, loss[name], label=name + same, **_style(i))
-        ax.set(title=f"Loss per step ({setting})", xlabel="global step", ylabel="loss")
-        note = "a curve bitwise equal to another lies on top of it" if any(twins.values()) else None
-        # beside the axes: never over data
-        ax.legend(fontsize=7, title=note, title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        # what a user looks for: the training curve once (the references), then each candidate against its own
+        # reference as a ratio, where "equal" is a flat line at 1 and a wrong loss leaves it (every curve drawn
+        # on one loss axis lay under the last one: they agree to 1e-6)
+        refs = [n for n in loss.columns if plan[n].reference is None]
+        cands = [n for n in loss.columns if plan[n].reference is not None and plan[n].reference in loss]
+        fig, (top, low) = plt.subplots(2, 1, figsize=(9.5, 5.6), dpi=80, sharex=True,
+                                       gridspec_kw={"height_ratios": [1, 1.4]})
+        for i, name in enumerate(refs):
+            top.plot(loss.index, loss[name], label=f"{name} (reference)", **_style(i))
+        top.set(title=f"Loss per step ({setting})", ylabel="loss")
+        top.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        for i, name in enumerate(cands):
+            rel = loss[name] / loss[plan[name].reference] - 1  # (steps,): 0 where bitwise equal
+            low.plot(loss.index, rel, label=f"{name} vs {plan[name].reference}", **_style(i + len(refs)))
+        low.axhline(0.0, **{**TOLERANCE, "lw": 0.8})
+        low.set(xlabel="global step", ylabel="loss / its reference's - 1")
+        low.set_yscale("symlog", linthresh=1e-7)  # rounding (1e-6 and less) near 0; a wrong loss far off it
+        if cands:
+            low.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
         paths.append(_save(fig, out / f"loss-{setting}.png"))
         fig, ax = plt.subplots(figsize=(9.5, 3.8), dpi=80)
         for i, name in enumerate(diff.columns):
