@@ -32,9 +32,13 @@ test-rest: $(STAMP)  ## the slow tier alone (~8 min): the full pipeline on real 
 test-all: $(STAMP)  ## both tiers: every test
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)  ## data paths side by side, the cost table with intervals, a cold dvc repro -f vs its loops
+# the inner loop of this commit too, side by side: the last one before candidates were timed in their own stage
+BEFORE ?= 651bfcf
+
+bench: $(STAMP)  ## data paths, the cost table, a cold dvc repro -f vs its loops, the inner loop before and after
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro download
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lossbench.bench --params params.yaml --data data --repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m lossbench.bench --params params.yaml --data data --repro \
+		--inner --before $(BEFORE)
 
 clean:  ## remove the virtual environment
 	rm -rf $(VENV)

@@ -10,11 +10,15 @@
    beside its reference, here all in one), each candidate's ratio to its reference with its 95% interval.
 3. Repro overhead (``--repro``): a cold ``dvc repro -f`` in a copy of this
    working tree, its wall time against the training and timing loops it runs.
+4. The inner loop (``--inner``, and ``--before REV`` for the same on another commit, side by side): in a copy,
+   a ``make repro`` with nothing changed (does it import torch?), then editing one loss, timed in turn with
+   the tutorial's own script (its two unchecked runs, ``lossbench.tutorial``): the edit's ratio to it.
 """
 
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -138,6 +142,73 @@ def repro_overhead(python_bin):
           "the overview")
 
 
+EDITED = "losses/bench_edit.py"  # the loss the inner loop edits: a user's MSE in torch ops
+TUTORIAL = str(Path(__file__).with_name("tutorial.py"))  # this tree's, whichever tree is measured
+
+
+def _copy_tree(src, dst):
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=src, check=True, capture_output=True,
+                           text=True).stdout.split()
+    for f in files:
+        if (Path(src) / f).is_file() or (Path(src) / f).is_symlink():
+            (Path(dst) / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(src) / f, Path(dst) / f, follow_symlinks=False)
+    subprocess.run("git init -q && git add -A && git -c user.name=b -c user.email=b@b commit -qm tree", shell=True,
+                   cwd=dst, check=True, capture_output=True)
+
+
+def _timed(cmd, cwd, env):
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"bench: {' '.join(cmd)} failed in {cwd}:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+    return time.perf_counter() - t0, out.stdout + out.stderr
+
+
+def inner_loop(tree, python_bin, rounds):
+    """In a copy of ``tree`` (the default losses and a user's loss, cpu): a cold repro; one with nothing changed;
+    then, ``rounds`` times, the user's loss edited and re-judged, in turn with the tutorial's script."""
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="lossbench-inner-") as tmp:
+        _copy_tree(tree, tmp)
+        (Path(tmp) / EDITED).write_text("def mse(input, target):\n    return ((input - target) ** 2).mean()\n")
+        params = yaml.safe_load((Path(tmp) / "params.yaml").read_text())
+        params["train"]["devices"] = ["cpu"]
+        params["train"]["losses"].append("bench_edit")
+        params["losses"]["bench_edit"] = {"fn": "losses.bench_edit:mse"}
+        (Path(tmp) / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        env = {**os.environ, "PATH": f"{python_bin}{os.pathsep}{os.environ['PATH']}"}
+        repro = [sys.executable, "-m", "lossbench.workflow", "repro"]
+        cold, _ = _timed(repro, tmp, env)
+        nothing, log = _timed(repro, tmp, {**env, "PYTHONPROFILEIMPORTTIME": "1"})
+        torch_imported = any(line.rstrip().endswith("| torch") for line in log.splitlines())
+        edits, tutorial = [], []
+        for r in range(rounds):  # in turn, so that the machine's drift falls on both
+            with open(Path(tmp) / EDITED, "a") as f:
+                f.write(f"# edit {r + 1}\n")  # a new digest: its configuration re-trains, re-timed, re-judged
+            seconds, log = _timed(repro, tmp, env)
+            edits.append(seconds)
+            stages = sorted(set(re.findall(r"Running stage '[^']*:([^']+)'", log)))
+            tutorial.append(_timed([sys.executable, TUTORIAL, "--data", "data"], tmp, env)[0])
+    return {"cold": cold, "nothing": nothing, "torch_imported": torch_imported, "edits": edits,
+            "tutorial": tutorial, "stages": stages}
+
+
+def print_inner(label, m):
+    ratios = np.asarray(m["edits"]) / np.asarray(m["tutorial"])
+    print(f"## The inner loop: {label}")
+    print(f"  cold make repro (default losses + one of the user's, cpu): {m['cold']:.1f} s")
+    print(f"  make repro with nothing changed: {m['nothing']:.1f} s; imports torch: {m['torch_imported']} "
+          "(goal: no)")
+    print(f"  edit one loss -> its new verdict and cost: {np.median(m['edits']):.1f} s [{min(m['edits']):.1f}, "
+          f"{max(m['edits']):.1f}]; stages it ran: {', '.join(m['stages'])}")
+    print(f"  the tutorial's own script, its two unchecked runs: {np.median(m['tutorial']):.1f} s "
+          f"[{min(m['tutorial']):.1f}, {max(m['tutorial']):.1f}]")
+    print(f"  edit / tutorial: {np.median(ratios):.2f}x [{ratios.min():.2f}, {ratios.max():.2f}] (median [min, max] "
+          "over rounds, each edit timed beside a tutorial run; goal <= 1.2x)")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--params", default="params.yaml")
@@ -146,6 +217,9 @@ def main(argv=None):
     p.add_argument("--loss", default="torch_mse", help="the loss the data paths train")
     p.add_argument("--rounds", type=int, default=3, help="data-path rounds, each loader once a round")
     p.add_argument("--repro", action="store_true", help="also time a cold `dvc repro -f` in a copy (minutes)")
+    p.add_argument("--inner", action="store_true", help="also time the inner loop in a copy (minutes)")
+    p.add_argument("--before", help="a commit: its inner loop too, beside this tree's (a worktree, removed after)")
+    p.add_argument("--inner-rounds", type=int, default=3)
     args = p.parse_args(argv)
     determinism.set_determinism()
     params = load_params(args.params)
@@ -154,6 +228,19 @@ def main(argv=None):
     cost_table(params, args.data, args.device)
     if args.repro:
         repro_overhead(str(Path(sys.executable).parent))
+    if args.inner or args.before:
+        trees = {"this tree": "."}
+        with tempfile.TemporaryDirectory(prefix="lossbench-before-") as before:
+            if args.before:
+                subprocess.run(["git", "worktree", "add", "-q", "--detach", before, args.before], check=True)
+                trees = {f"before ({args.before})": before, **trees}
+            try:
+                found = {k: inner_loop(t, str(Path(sys.executable).parent), args.inner_rounds) for k, t in trees.items()}
+            finally:
+                if args.before:
+                    subprocess.run(["git", "worktree", "remove", "--force", before], check=False)
+        for k, m in found.items():
+            print_inner(k, m)
     if not identical:
         sys.exit("bench: the two data paths gave different losses")
 

@@ -100,7 +100,7 @@ def draw(tables, res, params, out):
         ms.plot.barh(ax=ax, xerr=np.stack([lo.to_numpy().T, hi.to_numpy().T], axis=1), capsize=2)
         ax.invert_yaxis()  # first row on top, as in the tables
         ax.legend(title="setting", fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-        ax.set(title="Timed step, all losses in turn (bars: 95% interval)", xlabel="ms per step", ylabel="")
+        ax.set(title="Timed step, each beside its reference (bars: 95% interval)", xlabel="ms per step", ylabel="")
         paths.append(_save(fig, out / "step-time.png"))
     return paths
 
@@ -245,9 +245,9 @@ def markdown(params, res, images):
         })
         cp = params.cost
         lines += [v.to_markdown(index=False), "", "## Cost", "",
-                  f"Cost vs reference: every loss of a device timed in one process, taking turns a step at a time, "
-                  f"{cp.rounds} rounds of {cp.steps} steps per loss after {cp.warmup_steps} untimed ones; the ratio "
-                  f"of per-round median steps, with its 95% interval. A difference is named only where the interval excludes 1 and the "
+                  f"Cost vs reference: each candidate timed in its own train stage beside its reference, taking turns "
+                  f"a step at a time, {cp.rounds} rounds of {cp.steps} steps each after {cp.warmup_steps} untimed ones; "
+                  f"the ratio of per-round median steps, with its 95% interval. A difference is named only where the interval excludes 1 and the "
                   f"ratio is beyond {cp.min_effect:g}x. Training step: the median over the training repeats "
                   "(separate processes, minutes apart: drift between them does not cancel).", ""]
         c = pd.DataFrame({
