@@ -1,8 +1,11 @@
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -103,8 +106,6 @@ def copy_tree(src, dst, names):
 def project_copy(dst, exclude=("data/", "results/")):
     """What a fresh clone of this repository holds (its tracked and new files, no outputs), copied to ``dst``,
     made a Git repository; returns ``dst``."""
-    import subprocess
-
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     keep = [f for f in files if ((ROOT / f).is_file() or (ROOT / f).is_symlink()) and not f.startswith(exclude)]
@@ -112,6 +113,34 @@ def project_copy(dst, exclude=("data/", "results/")):
     subprocess.run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm init", shell=True,
                    cwd=dst, check=True, capture_output=True)
     return Path(dst)
+
+
+REDUCED = {"devices": ["cpu"], "epochs": 1, "batch_size": 1024, "repeats": 1, "warmup_steps": 1}  # 59 steps a run
+
+
+def reduced_project(dst, mirror, **train):
+    """A fresh copy of the project (project_copy) on a reduced params set: cpu, one epoch of batches of 1024, one
+    repeat, short cost rounds; ``train`` overrides train keys. Returns (root, env): env runs `make repro`'s command."""
+    root = project_copy(dst)
+
+    def reduce(p):
+        p["train"].update({**REDUCED, **train})
+        p["cost"].update(rounds=3, steps=2, warmup_steps=1)
+    edit_params(root / "params.yaml", reduce)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOSSBENCH_")}, "MNIST_MIRROR": str(mirror),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return root, env
+
+
+def repro(root, env):
+    """`make repro`'s command (after its params check): this machine's pipeline, then the overview."""
+    return subprocess.run([sys.executable, "-m", "lossbench.workflow", "repro"], cwd=root, env=env,
+                          capture_output=True, text=True)
+
+
+def stages_ran(log):
+    """The stages of a pipeline DVC ran (not skipped, not restored from its run-cache), without their dvc.yaml."""
+    return sorted(set(re.findall(r"Running stage '[^']*:([^']+)'", log)))
 
 
 def edit_params(path, fn):

@@ -4,11 +4,6 @@ Slow tier: inductor builds C++ for every graph, tens of seconds each on two core
 """
 
 import json
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,10 +11,9 @@ import torch
 from lossbench.engine import Trainer
 from lossbench.losses import NumpyMSE
 from losses.numpy_op import numpy_mse
-from tests.conftest import edit_params, project_copy
+from tests.conftest import edit_params, reduced_project, repro, stages_ran
 
 pytestmark = pytest.mark.slow
-REPRO = [sys.executable, "-m", "lossbench.workflow", "repro"]
 
 
 def inputs(dtype=torch.float32):
@@ -60,31 +54,20 @@ def test_compiled_the_tutorials_loss_runs_no_numpy_and_the_custom_op_does():
     assert calls[("op", "eager")] > 0 and calls[("op", "compiled")] == calls[("op", "eager")]
 
 
-def ran(log):
-    return sorted(set(re.findall(r"Running stage '[^']*:([^']+)'", log)))
-
-
 def test_compiled_configurations_through_dvc_repro(tmp_path, mirror):
     """Adding compiled trains only its configurations, judged against the reference compiled and shown against
     themselves eager; the traced NumPy loss is named; the pre-flight's compile is cached for the next check."""
-    root = project_copy(tmp_path / "project")
     losses = ["torch_mse", "numpy_mse", "numpy_mse_op"]
-
-    def reduce(p):
-        p["train"].update(losses=losses, devices=["cpu"], epochs=1, batch_size=1024, repeats=1, warmup_steps=1)
-        p["cost"].update(rounds=3, steps=2, warmup_steps=1)
-        p["report"]["envelope"]["members"] = 2
-    edit_params(root / "params.yaml", reduce)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOSSBENCH_")}, "MNIST_MIRROR": str(mirror),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    first = subprocess.run(REPRO, cwd=root, env=env, capture_output=True, text=True)
+    root, env = reduced_project(tmp_path / "project", mirror, losses=losses)
+    edit_params(root / "params.yaml", lambda p: p["report"]["envelope"].update(members=2))
+    first = repro(root, env)
     assert first.returncode == 0, first.stdout + first.stderr
 
     edit_params(root / "params.yaml", lambda p: p["train"].update(modes=["eager", "compiled"]))
-    out = subprocess.run(REPRO, cwd=root, env=env, capture_output=True, text=True)
+    out = repro(root, env)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log
-    assert ran(log) == ["check@cpu", "report"] + [f"train@{l}-cpu-fp32-compiled" for l in sorted(losses)]
+    assert stages_ran(log) == ["check@cpu", "report"] + [f"train@{l}-cpu-fp32-compiled" for l in sorted(losses)]
     c = json.loads((root / "results" / "local" / "report" / "summary.json").read_text())["configs"]
     traced, op = c["numpy_mse-cpu-fp32-compiled"], c["numpy_mse_op-cpu-fp32-compiled"]
     assert traced["numpy_calls"] == 0 and c["numpy_mse-cpu-fp32-eager"]["numpy_calls"] > 0
@@ -99,6 +82,6 @@ def test_compiled_configurations_through_dvc_repro(tmp_path, mirror):
     cache = root / "results" / "local" / ".preflight-cache"
     before = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
     assert len(before) == len(losses)  # one compiled pre-flight per loss
-    again = subprocess.run(REPRO, cwd=root, env=env, capture_output=True, text=True)
-    assert again.returncode == 0 and ran(again.stdout + again.stderr) == ["check@cpu"]
+    again = repro(root, env)
+    assert again.returncode == 0 and stages_ran(again.stdout + again.stderr) == ["check@cpu"]
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == before  # reused, not compiled again

@@ -8,7 +8,6 @@ from lossbench import losses, problems
 from lossbench.errors import UserError
 from lossbench.preflight import check, preflight, source
 from lossbench.registry import REGISTRY
-from losses import examples
 
 CANDIDATES = ["functional_mse", "module_mse", "numpy_mse", "numpy_detached", "wrong_backward"]
 

@@ -4,44 +4,27 @@ Slow tier: this machine kind's CPUs have no bf16 instructions, so a bf16 step co
 """
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import edit_params, project_copy
+from tests.conftest import edit_params, reduced_project, repro, stages_ran
 
 pytestmark = pytest.mark.slow
 
-REDUCED = {"losses": ["torch_mse", "numpy_mse", "numpy_mse_float32", "wrong_backward"], "devices": ["cpu"],
-           "epochs": 1, "batch_size": 1024, "repeats": 1, "warmup_steps": 1}
-REPRO = [sys.executable, "-m", "lossbench.workflow", "repro"]
-
-
-def ran(log):
-    return sorted(set(re.findall(r"Running stage '[^']*:([^']+)'", log)))
+LOSSES = ["torch_mse", "numpy_mse", "numpy_mse_float32", "wrong_backward"]
 
 
 def test_adding_bf16_trains_only_its_configurations_and_an_unsupported_loss_fails_the_report(tmp_path, mirror):
-    root = project_copy(tmp_path / "project")
-
-    def reduce(p):
-        p["train"].update(REDUCED)
-        p["cost"].update(rounds=3, steps=2, warmup_steps=1)
-    edit_params(root / "params.yaml", reduce)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOSSBENCH_")}, "MNIST_MIRROR": str(mirror),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    first = subprocess.run(REPRO, cwd=root, env=env, capture_output=True, text=True)
+    root, env = reduced_project(tmp_path / "project", mirror, losses=LOSSES)
+    first = repro(root, env)
     assert first.returncode == 0, first.stdout + first.stderr
 
     edit_params(root / "params.yaml", lambda p: p["train"].update(precisions=["fp32", "bf16"]))
-    out = subprocess.run(REPRO, cwd=root, env=env, capture_output=True, text=True)
+    out = repro(root, env)
     log = out.stdout + out.stderr
     # only the new configurations train; the fp32 ones are DVC's cache
-    assert ran(log) == ["check@cpu", "report"] + [f"train@{l}-cpu-bf16-eager" for l in sorted(REDUCED["losses"])]
+    assert stages_ran(log) == ["check@cpu", "report"] + [f"train@{l}-cpu-bf16-eager" for l in sorted(LOSSES)]
     # the user asked for numpy_mse under bf16, and the answer is no: a finding that fails the report, in one line
     assert out.returncode != 0
     assert re.search(r"\n  numpy_mse-cpu-bf16-eager: unsupported under bf16: the loss raised TypeError: Got unsupported "
@@ -64,6 +47,6 @@ def test_adding_bf16_trains_only_its_configurations_and_an_unsupported_loss_fail
     # the README's bf16 line names the losses that run under bf16: it is green
     edit_params(root / "params.yaml", lambda p: p["train"].update(losses=["torch_mse", "numpy_mse_float32",
                                                                            "wrong_backward"]))
-    green = subprocess.run(REPRO, cwd=root, env=env, capture_output=True, text=True)
+    green = repro(root, env)
     assert green.returncode == 0, green.stdout + green.stderr
-    assert [s for s in ran(green.stdout + green.stderr) if s.startswith("train@")] == []
+    assert [s for s in stages_ran(green.stdout + green.stderr) if s.startswith("train@")] == []

@@ -4,29 +4,15 @@ The full pipeline (every default loss, 470 steps, 3 repeats) is the slow tier's 
 """
 
 import json
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
-from tests.conftest import edit_params, project_copy
+from tests.conftest import reduced_project, repro, stages_ran
 
-REDUCED = {"losses": ["torch_mse", "numpy_mse", "wrong_backward"], "devices": ["cpu"], "epochs": 1,
-           "batch_size": 1024, "repeats": 1, "warmup_steps": 1}
+LOSSES = ["torch_mse", "numpy_mse", "wrong_backward"]
 
 
 def test_make_repro_on_a_reduced_params_set_judges_and_then_reruns_only_the_checks(tmp_path, mirror):
-    root = project_copy(tmp_path / "project")
-
-    def reduce(p):
-        p["train"].update(REDUCED)
-        p["cost"].update(rounds=3, steps=2, warmup_steps=1)
-    edit_params(root / "params.yaml", reduce)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOSSBENCH_")}, "MNIST_MIRROR": str(mirror),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "lossbench.workflow", "repro"]
-    out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    root, env = reduced_project(tmp_path / "project", mirror, losses=LOSSES)
+    out = repro(root, env)
     assert out.returncode == 0, out.stdout + out.stderr
     summary = json.loads((root / "results" / "local" / "report" / "summary.json").read_text())
     c = summary["configs"]
@@ -34,6 +20,5 @@ def test_make_repro_on_a_reduced_params_set_judges_and_then_reruns_only_the_chec
     assert (c["numpy_mse-cpu-fp32-eager"]["verdict"], c["wrong_backward-cpu-fp32-eager"]["verdict"]) == ("equal", "differs")
     assert c["numpy_mse-cpu-fp32-eager"]["steps"] == 59 and c["numpy_mse-cpu-fp32-eager"]["noise_used"] < 1
     assert json.loads((root / "reports" / "overview.json").read_text())["machines"] == ["local"]
-    again = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-    assert again.returncode == 0
-    assert sorted(set(re.findall(r"Running stage '[^']*:([^']+)'", again.stdout))) == ["check@cpu"]
+    again = repro(root, env)
+    assert again.returncode == 0 and stages_ran(again.stdout) == ["check@cpu"]

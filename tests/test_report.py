@@ -58,7 +58,6 @@ def edit_steps(work, config, fn):
 
 def test_cost_ratio_has_an_interval_and_a_label(work):
     from lossbench import stats
-    from lossbench.io import read_json
 
     params = load_params(work / "params.yaml")
     runs = verdict.load_runs(work / "runs", matrix(params.train))
