@@ -27,7 +27,8 @@ bash gpu/pack.sh "$PYVER" 2> >(grep -v '^WARNING: Location' >&2)
 
 echo "gpu-check: gpu/run.sh, CPU form"
 rc=0
-OUT="$WORK/out" LOSSBENCH_MACHINE=gpu PYTHON="$WORK/host/bin/python" BENCH_TIMEOUT=300 REPRO_TIMEOUT=900 bash gpu/run.sh || rc=$?
+OUT="$WORK/out" LOSSBENCH_MACHINE=gpu PYTHON="$WORK/host/bin/python" BENCH_TIMEOUT=300 REPRO_TIMEOUT=900 BF16_TIMEOUT=600 \
+    bash gpu/run.sh || rc=$?
 mkdir "$WORK/back" && cat "$WORK"/out/gpu-run.tar.gz* | tar xz -C "$WORK/back"
 "$WORK/host/bin/python" - "$WORK/back" "$rc" <<'PYEOF'
 import json, sys
@@ -37,8 +38,17 @@ problems = []
 installed = (back / "gpu-log/install.txt").read_text()
 if "dvc-" not in installed:
     problems.append("the carried dvc wheel was not installed")
-summary = json.loads((back / "results/gpu/report/summary.json").read_text())
+summary = json.loads((back / "gpu-log/report-fp32/summary.json").read_text())  # the fp32 defaults' report
 configs = summary["configs"]
+bf16 = json.loads((back / "results/gpu/report/summary.json").read_text())["configs"]  # then with bf16 added
+for name, c in bf16.items():
+    if c["precision"] != "bf16":
+        continue
+    want = ("not run",) if c["device"] == "cuda" else ("equal", "differs", "unsupported")
+    if c.get("verdict") not in want:
+        problems.append(f"{name}: expected one of {want} under bf16, got {c.get('verdict')!r}")
+if not any(c["precision"] == "bf16" for c in bf16.values()):
+    problems.append("the bf16 phase judged no bf16 configuration")
 for name, c in configs.items():
     if c["device"] == "cuda":
         if c.get("verdict") != "not run" or "no GPU is visible" not in c.get("reason", ""):
