@@ -54,9 +54,9 @@ LOSSES = "global_step,torch_mse,numpy_mse\n1,0.25,0.25\n2,0.2,0.2\n3,0.15,0.15\n
 REPORT = Path("results", "local", "report")  # the report of the machine that has no name
 
 
-def commit_metrics(repo, summary, msg, losses=LOSSES, folder=REPORT):
+def commit_metrics(repo, summary, msg, losses=LOSSES, folder=REPORT, plot="cpu-fp32-eager.csv"):
     """Commit a report's summary.json and its per-step loss data on the CPU; returns the commit."""
-    for name, text in (("summary.json", json.dumps(summary)), ("plots/loss/cpu.csv", losses)):
+    for name, text in (("summary.json", json.dumps(summary)), (f"plots/loss/{plot}", losses)):
         path = repo / folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -191,8 +191,10 @@ def test_unknown_revision_is_a_clear_error(repo):
 
 
 def test_a_report_from_before_machine_folders_compares_with_one_after(repo):
+    """reports/ then, keys <loss>-<device> and plots per device (before the precision axis): fp32, eager now."""
     git(repo, "rm", "-rq", str(REPORT))  # a revision from before machine folders: only reports/
-    a = commit_metrics(repo, BASE, "one report, reports/", folder=Path("reports"))
+    old = {**BASE, "configs": {k.removesuffix("-fp32-eager"): v for k, v in BASE["configs"].items()}}
+    a = commit_metrics(repo, old, "one report, reports/", folder=Path("reports"), plot="cpu.csv")
     git(repo, "rm", "-rq", "reports")
     b = commit_metrics(repo, BASE, "the machine's report, results/local/report/")
     out = run_make(repo, a, b)
