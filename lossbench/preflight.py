@@ -23,7 +23,7 @@ from lossbench.registry import REGISTRY
 def preflight(spec, device, precision="fp32", mode="eager"):
     """(problem, dtypes): None when the loss behaves in the training step, else the Problem; and the dtypes
     it received, computed in and returned. The one Trainer runs the model's forward and the loss on a probe
-    batch under the precision, then the backward to the model's output. A loss may return another dtype
+    batch under the precision, then the backward through the model, as training runs it. A loss may return another dtype
     than it received (bf16 autocast upcasts mse_loss; a loss may compute in float64): the report notes it."""
     trainer = Trainer(spec.make, device, 1e-3, 0, precision=precision, mode=mode)
     x = task.probe(device)  # (4, 784)
@@ -31,6 +31,7 @@ def preflight(spec, device, precision="fp32", mode="eager"):
 
 
 def _behaves(trainer, x):
+    """None when the loss behaves in the trainer's step on ``x``, else the Problem."""
     try:
         out, loss = trainer.loss(x, "")
     except RunError as e:  # raised, or not a scalar tensor
@@ -42,7 +43,8 @@ def _behaves(trainer, x):
     grad = None
     if loss.requires_grad:
         try:
-            (grad,) = torch.autograd.grad(loss, out, allow_unused=True)
+            # through the model's backward too, as training does (an in-place op on the output fails there)
+            grad, *_ = torch.autograd.grad(loss, (out, *trainer.model.parameters()), allow_unused=True)
         except Exception as e:  # a user's backward: its own file and line (the traceback behind LOSSBENCH_DEBUG)
             if debugging():
                 raise

@@ -249,7 +249,10 @@ def markdown(params, res, images):
                   f"a step at a time, {cp.rounds} rounds of {cp.steps} steps each after {cp.warmup_steps} untimed ones; "
                   f"the ratio of per-round median steps, with its 95% interval. A difference is named only where the interval excludes 1 and the "
                   f"ratio is beyond {cp.min_effect:g}x. Training step: the median over the training repeats "
-                  "(separate processes, minutes apart: drift between them does not cancel).", ""]
+                  "(separate processes, minutes apart: drift between them does not cancel)."
+                  + "".join(f" On `{d}` bf16 is emulated (no bf16 instructions): a bf16 cost here measures the emulation."
+                            for d, p in res.platforms.items() if p.get("bf16_native") is False and "bf16" in t.precisions),
+                  ""]
         c = pd.DataFrame({
             "config": ran.index,
             "cost vs reference": [_cost(r) for r in ran.to_dict("records")],

@@ -208,6 +208,14 @@ def test_preflight_names_what_is_wrong(fn, code, message):
     assert re.search(message, problem.message), problem.message
 
 
+def test_an_in_place_op_on_the_input_is_judged_as_in_training():
+    """The pre-flight goes through the model, so the loss's input is the model's output, as in training: an
+    in-place op on it fails the backward with torch's in-place message (a probe leaf gave "leaf Variable")."""
+    problem, _ = preflight(Spec(lambda a, b: (a.mul_(2) - b).pow(2).mean()), "cpu")
+    assert problem.code == problems.BACKWARD_RAISED and "modified by an inplace operation" in problem.message
+    assert "leaf Variable" not in problem.message
+
+
 def test_debug_raises_the_users_own_exception(monkeypatch):
     monkeypatch.setenv("LOSSBENCH_DEBUG", "1")
     with pytest.raises(RuntimeError, match="forgot to save the inputs"):

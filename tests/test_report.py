@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import numpy as np
@@ -131,6 +132,7 @@ def test_repeats_that_differ_fail_with_the_step(work):
     res = evaluate(work)
     assert len(res.failures) == 1 and res.failures[0].startswith(
         "module_mse-cpu-fp32-eager: repeat 2 differs from repeat 1 at global step 7: ")
+    assert re.search(r"global step 7: 0\.\d+ vs 0\.\d+$", res.failures[0])  # plain numbers, not np.float64(...)
     assert res.configs["module_mse-cpu-fp32-eager"]["repeats_identical"] is False
 
 
@@ -367,3 +369,18 @@ def test_a_nudge_that_did_not_survive_the_precision_fails_the_reference(work):
     res = evaluate(work)
     assert "torch_mse-cpu-fp32-eager: the one-ulp nudge did not survive fp32: every member equals the reference at " \
            "every step, so its envelope is the floor alone" in res.failures
+
+
+def test_the_loss_picture_shows_each_candidate_against_its_reference(work, monkeypatch):
+    """The references' curve on top; below, each candidate's loss / its reference's - 1 (every curve on one loss
+    axis lay under the last: they agree to 1e-6)."""
+    from lossbench import render
+
+    figures = {}
+    monkeypatch.setattr(render, "_save", lambda fig, path: figures.setdefault(path.name, fig) and path)
+    run_report(work)
+    top, low = figures["loss-cpu-fp32-eager.png"].axes[:2]
+    assert [l.get_label() for l in top.get_lines()] == ["torch_mse (reference)"]
+    drawn = {l.get_label(): l.get_ydata() for l in low.get_lines() if not l.get_label().startswith("_")}
+    assert set(drawn) == {f"{l} vs torch_mse" for l in LOSSES[1:]} and low.get_ylabel() == "loss / its reference's - 1"
+    assert np.all(drawn["functional_mse vs torch_mse"] == 0) and np.max(np.abs(drawn["numpy_detached vs torch_mse"])) > 1e-3
