@@ -123,9 +123,12 @@ def asymmetry(dtypes, ref):
     parts = []
     if dtypes["received"] != ref["received"]:
         parts.append(f"your loss received {dtypes['received']}; its reference received {ref['received']}")
-    if dtypes.get("computed") != ref.get("computed") or dtypes.get("returned") != ref.get("returned"):
-        parts.append(f"your loss computed in {'/'.join(dtypes.get('computed') or ['?'])} and returned "
-                     f"{dtypes.get('returned')}; its reference computed in {'/'.join(ref.get('computed') or ['?'])} "
+    mine, theirs = dtypes.get("computed"), ref.get("computed")
+    # a loss that computes outside torch (NumPy) shows no torch op: nothing to compare its computation with
+    computed_differ = bool(mine) and bool(theirs) and mine != theirs
+    if computed_differ or dtypes.get("returned") != ref.get("returned"):
+        parts.append(f"your loss computed in {'/'.join(mine) if mine else 'no torch op'} and returned "
+                     f"{dtypes.get('returned')}; its reference computed in {'/'.join(theirs) if theirs else 'no torch op'} "
                      f"and returned {ref.get('returned')}")
     return "; ".join(parts) or None
 

@@ -95,3 +95,17 @@ def test_first_visible_is_the_first_step_where_a_member_left_the_reference():
     ref = np.array([1.0, 0.5, 0.25, 0.2])
     assert first_visible(np.array([ref, ref + [0, 0, 1e-7, 0]]), ref) == 3
     assert first_visible(np.array([ref, ref]), ref) is None  # the nudge rounded away: the envelope is its floor
+
+
+def test_a_dtype_asymmetry_is_one_sentence_and_numpy_computing_outside_torch_is_none():
+    from lossbench.verdict import asymmetry
+
+    ref = {"received": "bfloat16", "target": "float32", "computed": ["float32"], "returned": "float32"}
+    assert asymmetry(dict(ref), ref) is None
+    numpy = {**ref, "computed": []}  # its arithmetic ran in NumPy: no torch op to compare
+    assert asymmetry(numpy, ref) is None
+    low = {**ref, "computed": ["bfloat16"], "returned": "bfloat16"}
+    assert asymmetry(low, ref) == ("your loss computed in bfloat16 and returned bfloat16; its reference computed in "
+                                   "float32 and returned float32")
+    assert asymmetry({**ref, "received": "float32"}, ref).startswith("your loss received float32; its reference "
+                                                                      "received bfloat16")
