@@ -65,7 +65,7 @@ class Dtypes(TorchDispatchMode):
             return out
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor) and t.is_floating_point():
-                self.seen.add(str(t.dtype).removeprefix("torch."))
+                self.seen.add(_name(t.dtype))
         return out
 
 

@@ -50,7 +50,7 @@ def envelope(params, judged):
 def setting_check(spec, record, cache):
     """The pre-flight under the record's precision and mode; a compiled one is cached in ``cache`` by the loss's
     code digests and the setting, so that the check DVC runs every time compiles once per change, not each time."""
-    if record["mode"] == "eager":
+    if record["mode"] == "eager":  # cheap: no cache
         return check(spec, record["device"], record["precision"])
     what = {k: record[k] for k in ("fn", "args", "source", "device", "precision", "mode", "platform")}
     path = Path(cache) / f"{hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]}.json"
@@ -78,7 +78,8 @@ def main_check(params_path, devices, out):
                              f"{gpu.REQUIRE_DEVICES}=1: {reasons[required[0]]}")
     records = {}
     cache = Path(out).parent / ".preflight-cache"  # beside the check's output, which DVC clears before each run
-    for name, j in params.plan().items():
+    plan = params.plan()
+    for name, j in plan.items():
         try:
             spec = resolve(name, j.fn, j.args)
         except UserError as e:
@@ -90,8 +91,9 @@ def main_check(params_path, devices, out):
             common = {**loss, "device": device, "machine": machine, "available": reasons[device] is None,
                       "reason": reasons[device], "platform": platform.for_device(host, device),
                       "envelope": envelope(params, j)}
+            fp32 = None
             if reasons[device] is None:  # in fp32 always: a loss that fails there is broken, not unsupported
-                problem, _ = check(spec, device)
+                problem, fp32 = check(spec, device)
                 if problem:
                     raise UserError(f"{key(params_path, params, name, j.fn)} on {device}: {problem.message}")
             for precision in params.train.precisions:
@@ -102,6 +104,8 @@ def main_check(params_path, devices, out):
                     why = platform.compile_reason(device) if mode == "compiled" and reasons[device] is None else None
                     if why:  # not run here, with the reason: never a crash
                         record.update(available=False, reason=why)
+                    elif (precision, mode) == ("fp32", "eager"):  # the pre-flight above was this one
+                        record["dtypes"] = fp32
                     elif reasons[device] is None:  # through the model under the setting: a failure shows now
                         problem, record["dtypes"] = setting_check(spec, record, cache)
                         if problem:
@@ -109,14 +113,14 @@ def main_check(params_path, devices, out):
                             print(f"check: {config.key}: {record['unsupported']['message']}", file=sys.stderr)
                     records[config] = record
     for config, record in records.items():  # a candidate's record holds its reference's: timed beside it
-        ref = params.plan()[config.loss].reference
+        ref = plan[config.loss].reference
         record["reference"] = None if ref is None else {
             k: records[config.of(ref)][k] for k in ("loss", "config", "fn", "args", "source", "unsupported")}
         write_json(config.check_file(out), record)
     for device in (d for d in devices if reasons[d] is not None):
         print(f"check: {device}: its configurations will be reported as not run: {reasons[device]}", file=sys.stderr)
     here = [d for d in devices if reasons[d] is None]
-    print(f"check: {len(params.plan())} losses ok"
+    print(f"check: {len(plan)} losses ok"
           + (f", run on {', '.join(here)}" if here else ", imported (none of them runs here)")
           + f" ({time.perf_counter() - t0:.2f} s)", file=sys.stderr)
 
