@@ -191,8 +191,35 @@ def inner_loop(tree, python_bin, rounds):
             edits.append(seconds)
             stages = sorted(set(re.findall(r"Running stage '[^']*:([^']+)'", log)))
             tutorial.append(_timed([sys.executable, TUTORIAL, "--data", "data"], tmp, env)[0])
+        # one more edit, untimed against the tutorial, with every process's imports profiled: where its time goes
+        with open(Path(tmp) / EDITED, "a") as f:
+            f.write("# edit, profiled\n")
+        start = time.time()
+        wall, log = _timed(repro, tmp, {**env, "PYTHONPROFILEIMPORTTIME": "1"})
+        parts = _where(Path(tmp), start, log, wall)
     return {"cold": cold, "nothing": nothing, "torch_imported": torch_imported, "edits": edits,
-            "tutorial": tutorial, "stages": stages}
+            "tutorial": tutorial, "stages": stages, "parts": parts}
+
+
+def _where(tree, since, log, wall):
+    """Where an edit's wall time went: the loops its runs recorded (training; timing, whichever file held it
+    in that tree), the torch imports (-X importtime's top-level torch and torch._dynamo, every process), the
+    rest (DVC: its lock rewrite after each stage; the check's pre-flights; the report; Python start-ups)."""
+    fresh = [p for p in tree.glob("results/*/**/*.json") if p.stat().st_mtime >= since]
+    runs = [json.loads(p.read_text()) for p in fresh if p.name == "run.json"]
+    train = sum(r["total_seconds"] for run in runs if run.get("status") == "ran" for r in run["repeats"])
+    train += sum(e["seconds"] + e["fp64_seconds"] for run in runs if run.get("envelope") for e in [run["envelope"]])
+    timing = sum(json.loads(p.read_text()).get("loop_seconds", 0) for p in fresh
+                 if p.name == "cost.json" or p.parent.name == "cost")
+    # "import time:  self | cumulative | name", a name indented by its depth: " torch" is a top-level import
+    imports = [line.split("|")[1:] for line in log.splitlines() if line.startswith("import time:")]
+    imports = [(int(cum), name.rstrip()) for cum, name in imports if cum.strip().isdigit()]
+    torch_s = sum(cum for cum, name in imports if name in (" torch", " torch._dynamo")) / 1e6
+    processes = sum(name == " torch" for _, name in imports)
+    return {"wall": wall, "training loops": train, "timing loops": timing,
+            f"torch imports ({processes} processes)": torch_s,
+            "the rest (DVC's lock rewrites, the check's pre-flights, report, start-ups)": wall - train - timing - torch_s,
+            "stages": sorted(set(re.findall(r"Running stage '[^']*:([^']+)'", log)))}
 
 
 def print_inner(label, m):
@@ -207,6 +234,11 @@ def print_inner(label, m):
           f"[{min(m['tutorial']):.1f}, {max(m['tutorial']):.1f}]")
     print(f"  edit / tutorial: {np.median(ratios):.2f}x [{ratios.min():.2f}, {ratios.max():.2f}] (median [min, max] "
           "over rounds, each edit timed beside a tutorial run; goal <= 1.2x)")
+    parts = dict(m["parts"])
+    wall, stages = parts.pop("wall"), parts.pop("stages")
+    print(f"  where an edit's time goes (one more edit, its imports profiled: {wall:.1f} s; {len(stages)} stages):")
+    for name, v in parts.items():
+        print(f"    {name:72s} {v:6.1f} s  {100 * v / wall:5.1f}%")
 
 
 def main(argv=None):

@@ -1,6 +1,7 @@
 """A user's mistake is one line, not a traceback (LOSSBENCH_DEBUG=1 keeps the traceback)."""
 
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -23,8 +24,8 @@ def run(main, prog):
     try:
         return main()
     except UserError as e:
-        if debugging():
-            raise
+        if debugging():  # the traceback too, and the same exit status
+            traceback.print_exc()
         print(f"{prog}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
 
@@ -54,7 +55,21 @@ def raised(e):
 
     if isinstance(e, SyntaxError) and e.filename:  # raised while compiling: no frame of the user's file
         return f"{type(e).__name__}: {e.msg}{at(e.filename, e.lineno)}"
+    text = str(e)
+    # torch.compile's errors are pages (explanation, hint, links, "from user code:" and its frames): one line
+    # of it, and the line of the loss's code it names, since the traceback's frames are all torch's
+    user = re.findall(r'File "([^"]+)", line (\d+)', text.split("from user code:", 1)[1]) \
+        if "from user code:" in text else []
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    explanation = next((line.removeprefix("Explanation:").strip() for line in lines
+                        if line.startswith("Explanation:")), None)
+    if explanation:  # "... call_function <op>(*(FakeTensor(...), ...), **{}): got KeyError(torch.bfloat16)"
+        text = re.sub(r"call_function .*: got ", "got ", explanation)
+    elif len(lines) > 1:
+        text = lines[0]
+    if user:
+        return f"{type(e).__name__}: {text}{at(user[-1][0], user[-1][1])}"
     frames = [f for f in traceback.extract_tb(e.__traceback__)
               if "site-packages" not in f.filename and not Path(f.filename).resolve().is_relative_to(lib)]
     where = at(frames[-1].filename, frames[-1].lineno) if frames else ""
-    return f"{type(e).__name__}: {e}{where}"
+    return f"{type(e).__name__}: {text}{where}"

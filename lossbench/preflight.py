@@ -8,6 +8,7 @@ lives, so that DVC re-runs a configuration exactly when that code changes.
 
 import hashlib
 import importlib.metadata
+import inspect
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -16,7 +17,7 @@ import torch
 
 from lossbench import problems, task
 from lossbench.engine import RunError, Trainer
-from lossbench.errors import ROOT, debugging, raised
+from lossbench.errors import ROOT, debugging, raised, shown
 from lossbench.registry import REGISTRY
 
 
@@ -27,11 +28,23 @@ def preflight(spec, device, precision="fp32", mode="eager"):
     than it received (bf16 autocast upcasts mse_loss; a loss may compute in float64): the report notes it."""
     trainer = Trainer(spec.make, device, 1e-3, 0, precision=precision, mode=mode)
     x = task.probe(device)  # (4, 784)
-    return _behaves(trainer, x), trainer.dtypes
+    return _behaves(trainer, x, _backward_at(spec.obj)), trainer.dtypes
 
 
-def _behaves(trainer, x):
-    """None when the loss behaves in the trainer's step on ``x``, else the Problem."""
+def _backward_at(obj):
+    """`` (at losses/mine.py:12)``: an autograd.Function's backward, for what torch's engine raises about it
+    from C++ (a wrong number of gradients), where no frame of the user's file is left; else ''."""
+    backward = getattr(obj, "backward", None) if isinstance(obj, type) and issubclass(obj, torch.autograd.Function) \
+        else None
+    try:
+        return f" (at {shown(inspect.getsourcefile(backward))}:{inspect.getsourcelines(backward)[1]})"
+    except (OSError, TypeError):  # no backward of its own, or no source
+        return ""
+
+
+def _behaves(trainer, x, backward_at=""):
+    """None when the loss behaves in the trainer's step on ``x``, else the Problem. ``backward_at``: where the
+    loss's backward is, for an error that names no line of it."""
     try:
         out, loss = trainer.loss(x, "")
     except RunError as e:  # raised, or not a scalar tensor
@@ -48,7 +61,8 @@ def _behaves(trainer, x):
         except Exception as e:  # a user's backward: its own file and line (the traceback behind LOSSBENCH_DEBUG)
             if debugging():
                 raise
-            return problems.backward_raised(raised(e))
+            what = raised(e)
+            return problems.backward_raised(what if " (at " in what else what + backward_at)
     if grad is None:
         return problems.detached()
     if not torch.isfinite(grad).all():

@@ -131,8 +131,9 @@ def _ci(m, spec):
 def _cost(r):
     if "cost_ratio" not in r or (isinstance(r["cost_ratio"], float) and np.isnan(r["cost_ratio"])):
         return ""
-    if r["cost"] == "reference":
-        return "1 (reference)"
+    if r["cost"] == "reference":  # its timed step pools its timings beside each candidate
+        n = r.get("timed_beside")
+        return "1 (reference)" if not n or n != n else f"1 (reference, timed beside {int(n)} candidate{'' if n == 1 else 's'})"
     lo, hi = r["cost_ratio_low"], r["cost_ratio_high"]
     digits = 2 if not (round(lo, 2) == 1 or round(hi, 2) == 1) else 3  # an interval that excludes 1 never prints 1.00
     return f"{r['cost_ratio']:.{digits}f}x [{lo:.{digits}f}, {hi:.{digits}f}]: {r['cost']}"
@@ -162,6 +163,15 @@ def _fp64(r):
     return "" if ratio is None or pd.isna(ratio) else f"{ratio:.2g}x the reference's"
 
 
+def numpy_traced(r):
+    """True when a loss's NumPy ran eager and not compiled: compile traced it, and its verdict is not the NumPy's."""
+    return r.get("numpy_calls") == 0 and bool((r.get("vs_eager") or {}).get("numpy_calls_eager"))
+
+
+def _verdict(r):
+    return r["verdict"] + ("; but its NumPy did not run (Details: Compiled)" if numpy_traced(r) else "")
+
+
 def _compiled(r):
     c = r["compile"]
     reasons = "; ".join(f"{k} (x{v})" for k, v in c["reasons"].items())
@@ -169,7 +179,7 @@ def _compiled(r):
            + f", {c['graphs']} graph(s), {c['recompilations']} recompilation(s)"
            + (f", compile {c['seconds']:.1f} s" if c.get("seconds") is not None else ""))
     calls, eager = r.get("numpy_calls"), (r.get("vs_eager") or {})
-    if calls == 0 and eager.get("numpy_calls_eager"):
+    if numpy_traced(r):
         out += (f"; its NumPy did not run: compile traced it into torch ops (eager makes {eager['numpy_calls_eager']} "
                 "NumPy calls a step, compiled 0): the loss judged here is not the NumPy code")
     elif calls:
@@ -230,7 +240,7 @@ def markdown(params, res, images):
         lines += ["## Verdicts", "", rule, ""]
         v = pd.DataFrame({
             "config": ran.index, "reference": ran["reference"].fillna("-"),
-            "expected": ran["expected"], "verdict": ran["verdict"],
+            "expected": ran["expected"], "verdict": [_verdict(r) for r in ran.to_dict("records")],
             "ok": ran["passed"].map({True: "yes", False: "**NO**"}),
             **({"noise used": [_noise(r) for r in ran.to_dict("records")],
                 "growth": ran.get("growth", pd.Series(index=ran.index, dtype=float)).map(lambda x: fmt(x, ".2f")),

@@ -184,28 +184,35 @@ def mixed_platforms(device, ran):
 
 def cost_rows(params, runs):
     """Per configuration that was timed: its cost ratio to its reference with a 95% interval, and its phases. A
-    candidate was timed beside its reference in its own train stage; a reference's row takes its timed step from
-    the first candidate that timed it."""
-    plan, rows = params.plan(), {}
+    candidate was timed beside its reference in its own train stage. A reference was timed beside each of its
+    candidates: its row pools those timings (rounds of every candidate's stage), so that it does not depend on
+    which candidate is read first."""
+    plan, rows, beside = params.plan(), {}, {}
     for config, run in runs.items():
         ref = config.of(plan[config.loss].reference or config.loss)
         timed = (run.cost or {}).get("configurations", {})
-        if config.key not in timed or ref.key not in timed:  # a reference, or not timed (not run; copied)
+        if config.key not in timed or ref.key not in timed or ref.key == config.key:  # a reference, or not timed
             continue
-        for key, other in ((config.key, ref.key), (ref.key, None)):
-            if key in rows:
-                continue
-            m = timed[key]
-            ratio, lo, hi = stats.ratio_ci(m["step_seconds"], timed[other]["step_seconds"]) if other else (1.0, 1.0, 1.0)
-            phases = {p: [v * 1e3 for v in vals] for p, vals in m["phase_seconds"].items()}
-            rows[key] = {
-                "cost_ratio": ratio, "cost_ratio_low": lo, "cost_ratio_high": hi,
-                "cost": "reference" if other is None else stats.label(
-                    ratio, lo, hi, params.cost.min_effect, stats.spread(m["step_seconds"], timed[other]["step_seconds"])),
-                "cost_step_ms": stats.mean_ci([v * 1e3 for v in m["step_seconds"]]),
-                "phases_ms": {p: stats.mean_ci(v) for p, v in phases.items()},
-            }
+        m, r = timed[config.key], timed[ref.key]
+        ratio, lo, hi = stats.ratio_ci(m["step_seconds"], r["step_seconds"])
+        rows[config.key] = {
+            "cost_ratio": ratio, "cost_ratio_low": lo, "cost_ratio_high": hi,
+            "cost": stats.label(ratio, lo, hi, params.cost.min_effect, stats.spread(m["step_seconds"], r["step_seconds"])),
+            **_step_ms(m["step_seconds"], m["phase_seconds"]),
+        }
+        beside.setdefault(ref.key, []).append(r)
+    for key, timings in beside.items():
+        phases = {p: [v for t in timings for v in t["phase_seconds"][p]] for p in timings[0]["phase_seconds"]}
+        rows[key] = {"cost_ratio": 1.0, "cost_ratio_low": 1.0, "cost_ratio_high": 1.0, "cost": "reference",
+                     "timed_beside": len(timings),
+                     **_step_ms([v for t in timings for v in t["step_seconds"]], phases)}
     return rows
+
+
+def _step_ms(step_seconds, phase_seconds):
+    """A timed step and its phases, in ms, each a mean with its 95% interval."""
+    return {"cost_step_ms": stats.mean_ci([v * 1e3 for v in step_seconds]),
+            "phases_ms": {p: stats.mean_ci([v * 1e3 for v in vals]) for p, vals in phase_seconds.items()}}
 
 
 def evaluate(params, runs):

@@ -20,13 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-from lossbench import gpu, machines, platform, problems
+from lossbench import fingerprint, machines, problems
 from lossbench.config import load_params
 from lossbench.configuration import Configuration
-from lossbench.errors import UserError, run, shown
+from lossbench.errors import ROOT, UserError, run, shown
 from lossbench.io import read_json, write_json
-from lossbench.losses import resolve
-from lossbench.preflight import check, source
 
 
 class DeviceRequired(UserError):
@@ -47,7 +45,7 @@ def envelope(params, judged):
     return {"members": rp.envelope.members} if judged.reference is None and rp.rule == "envelope" else None
 
 
-def setting_check(spec, record, cache):
+def setting_check(spec, record, cache, check):
     """The pre-flight under the record's precision and mode; a compiled one is cached in ``cache`` by the loss's
     code digests and the setting, so that the check DVC runs every time compiles once per change, not each time."""
     if record["mode"] == "eager":  # cheap: no cache
@@ -70,6 +68,49 @@ def main_check(params_path, devices, out):
     if unknown:
         raise UserError(f"{shown(params_path)}: train.devices: {unknown[0]!r} (--device) is not in {params.train.devices}")
     machine = machines.name()
+    # beside the check's output, which DVC clears before each run: the last check, and compiled pre-flights
+    cache = Path(out).parent / ".check-cache"
+    last_path = cache / f"{'+'.join(devices)}.json"
+    last = read_json(last_path) if last_path.is_file() else None
+    now = fingerprint.of(params_path, devices, machine, ROOT, last["fingerprint"]["outside"] if last else ())
+    if last is not None and last["fingerprint"] == now:  # nothing it depends on changed: its files hold
+        for name, record in last["files"].items():
+            write_json(Path(out) / name, record)
+        for line in last["lines"]:
+            print(line, file=sys.stderr)
+        print(f"check: nothing changed since the last check: its {len(last['files'])} files reused, torch not "
+              f"imported ({time.perf_counter() - t0:.2f} s)", file=sys.stderr)
+        return
+    records, lines, here = checked(params_path, params, devices, machine, cache / "preflight")
+    files = {}
+    for config, record in records.items():
+        write_json(config.check_file(out), record)
+        files[str(config.check_file(out).relative_to(out))] = record
+    outside = sorted({r["source"]["file"] for r in records.values() if r["source"].get("file")})
+    write_json(last_path, {"fingerprint": {**now, "outside": fingerprint.of_files(outside)}, "files": files,
+                           "lines": lines})
+    n, bad = len(params.plan()), sum(r["unsupported"] is not None for r in records.values())
+    print(f"check: {n} loss{'' if n == 1 else 'es'} imported"
+          + (f", pre-flighted on {', '.join(here)}" if here else " (none of them runs here)")
+          + (f"; {bad} configuration{'' if bad == 1 else 's'} cannot run under {'its' if bad == 1 else 'their'} "
+             "setting (above): the report will fail" if bad else "")
+          + f" ({time.perf_counter() - t0:.2f} s)", file=sys.stderr)
+
+
+def checked(params_path, params, devices, machine, preflight_cache):
+    """({Configuration: check record}, the lines it printed, the devices that run here): every loss imported,
+    pre-flighted on each device that can run here, under each setting."""
+    # torch (~3 s to import) only here, when something the check depends on changed
+    from lossbench import gpu, platform
+    from lossbench.losses import resolve
+    from lossbench.preflight import check, source
+
+    lines = []
+
+    def say(line):
+        lines.append(line)
+        print(line, file=sys.stderr)
+
     host = platform.collect()
     reasons = {d: gpu.reason_for(d, host) for d in devices}
     required = [d for d in devices if reasons[d] is not None]
@@ -77,7 +118,6 @@ def main_check(params_path, devices, out):
         raise DeviceRequired(f"{shown(params_path)}: train.devices: {required[0]!r} cannot run here and "
                              f"{gpu.REQUIRE_DEVICES}=1: {reasons[required[0]]}")
     records = {}
-    cache = Path(out).parent / ".preflight-cache"  # beside the check's output, which DVC clears before each run
     plan = params.plan()
     for name, j in plan.items():
         try:
@@ -107,22 +147,18 @@ def main_check(params_path, devices, out):
                     elif (precision, mode) == ("fp32", "eager"):  # the pre-flight above was this one
                         record["dtypes"] = fp32
                     elif reasons[device] is None:  # through the model under the setting: a failure shows now
-                        problem, record["dtypes"] = setting_check(spec, record, cache)
+                        problem, record["dtypes"] = setting_check(spec, record, preflight_cache, check)
                         if problem:
                             record["unsupported"] = problems.unsupported(precision, mode, device, problem).as_dict()
-                            print(f"check: {config.key}: {record['unsupported']['message']}", file=sys.stderr)
+                            say(f"check: {config.key}: {record['unsupported']['message']}")
                     records[config] = record
     for config, record in records.items():  # a candidate's record holds its reference's: timed beside it
         ref = plan[config.loss].reference
         record["reference"] = None if ref is None else {
             k: records[config.of(ref)][k] for k in ("loss", "config", "fn", "args", "source", "unsupported")}
-        write_json(config.check_file(out), record)
     for device in (d for d in devices if reasons[d] is not None):
-        print(f"check: {device}: its configurations will be reported as not run: {reasons[device]}", file=sys.stderr)
-    here = [d for d in devices if reasons[d] is None]
-    print(f"check: {len(plan)} losses ok"
-          + (f", run on {', '.join(here)}" if here else ", imported (none of them runs here)")
-          + f" ({time.perf_counter() - t0:.2f} s)", file=sys.stderr)
+        say(f"check: {device}: its configurations will be reported as not run: {reasons[device]}")
+    return records, lines, [d for d in devices if reasons[d] is None]
 
 
 def main(argv=None):

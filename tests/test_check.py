@@ -75,11 +75,14 @@ def test_require_devices_stops_with_exit_3(tmp_path, capsys, monkeypatch):
                                         "and LOSSBENCH_REQUIRE_DEVICES=1: ")
 
 
-def test_debug_keeps_the_traceback(tmp_path, monkeypatch):
+def test_debug_keeps_the_traceback_and_the_exit_status(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LOSSBENCH_DEBUG", "1")
     params = small_params(tmp_path / "params.yaml", epochs=0)
-    with pytest.raises(ParamsError, match="train.epochs: Input should be greater than 0"):
+    with pytest.raises(SystemExit) as e:
         check.main(["--params", str(params), "--out", str(tmp_path / "check")])
+    err = capsys.readouterr().err
+    assert e.value.code == ParamsError.exit_code == 2  # as without it (it was 1: an uncaught exception's)
+    assert "Traceback (most recent call last)" in err and "train.epochs: Input should be greater than 0" in err
 
 
 def test_runs_as_a_module(tmp_path):
@@ -88,7 +91,7 @@ def test_runs_as_a_module(tmp_path):
     out = subprocess.run([sys.executable, "-m", "stages.check", "--params", str(params), "--out", str(tmp_path / "c")],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "check: 6 losses ok, run on cpu (" in out.stderr
+    assert "check: 6 losses imported, pre-flighted on cpu (" in out.stderr
 
 
 def test_another_machines_directory_is_refused_in_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys):
@@ -120,3 +123,30 @@ def test_the_check_file_holds_this_hosts_platform_so_a_new_platform_retrains(tmp
         assert record["platform"] == platform.for_device(host, device) and record["machine"] == "local"
     # a CPU device's file leaves the GPU part out: a driver update does not re-train CPU configurations
     assert "cuda" not in json.loads((tmp_path / "check" / "cpu" / "torch_mse-cpu-fp32-eager.json").read_text())["platform"]
+
+DYNAMO_PAGE = """RuntimeError when making fake tensor call
+  Explanation: Dynamo failed to run FX node with fake tensors: call_function <Wrapped operator <original wrapped_sub>>(*(FakeTensor(..., size=(4, 784), dtype=torch.bfloat16), FakeTensor(..., size=(4, 784))), **{}): got KeyError(torch.bfloat16)
+  Hint: Your code may result in an error when running in eager.
+
+ For more details about this graph break, please visit: https://meta-pytorch.github.io/compile-graph-break-site/gb/gb4315.html
+
+from user code:
+   File "/somewhere/else/losses/helper.py", line 7, in forward
+    return helper(a, b)
+   File "%s", line 41, in forward
+    loss = np.mean((a - b) ** 2)
+
+Set TORCHDYNAMO_VERBOSE=1 for the internal stack trace"""
+
+
+def test_a_torch_compile_error_is_one_line_at_the_losss_own_line():
+    """torch.compile's errors are pages: the message keeps its explanation and the innermost line of user code."""
+    from lossbench.errors import ROOT as project, raised
+
+    class TorchRuntimeError(RuntimeError):
+        pass
+
+    line = raised(TorchRuntimeError(DYNAMO_PAGE % (project / "losses" / "mine.py")))
+    assert line == "TorchRuntimeError: Dynamo failed to run FX node with fake tensors: got KeyError(torch.bfloat16) " \
+                   "(at losses/mine.py:41)"
+    assert raised(ValueError("first line\nsecond line")) == "ValueError: first line"

@@ -79,9 +79,12 @@ def test_compiled_configurations_through_dvc_repro(tmp_path, mirror):
     md = (root / "results" / "local" / "report" / "report.md").read_text()
     assert "numpy_mse-cpu-fp32-compiled**: 0 graph break(s)" in md and "its NumPy did not run" in md
 
-    cache = root / "results" / "local" / ".preflight-cache"
+    cache = root / "results" / "local" / ".check-cache" / "preflight"
     before = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
     assert len(before) == len(losses)  # one compiled pre-flight per loss
+    with open(root / "params.yaml", "a") as f:
+        f.write("# a comment: the check runs in full again, its compiled pre-flights come from their cache\n")
     again = repro(root, env)
     assert again.returncode == 0 and stages_ran(again.stdout + again.stderr) == ["check@cpu"]
+    assert "nothing changed since the last check" not in again.stderr
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == before  # reused, not compiled again

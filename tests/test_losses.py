@@ -1,3 +1,4 @@
+import inspect
 import re
 
 import pytest
@@ -173,6 +174,7 @@ def test_user_module_that_does_not_import_names_its_file_and_line(tmp_path, monk
 class Spec:
     def __init__(self, fn, updates_weights=True):
         self.make, self.updates_weights = (lambda: fn), updates_weights
+        self.obj = getattr(fn, "__self__", fn)  # a Function's .apply: the Function (LossSpec.obj)
 
 
 def _detached(a, b):
@@ -214,6 +216,25 @@ def test_an_in_place_op_on_the_input_is_judged_as_in_training():
     problem, _ = preflight(Spec(lambda a, b: (a.mul_(2) - b).pow(2).mean()), "cpu")
     assert problem.code == problems.BACKWARD_RAISED and "modified by an inplace operation" in problem.message
     assert "leaf Variable" not in problem.message
+
+
+class _TooFewGradients(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return ((a - b) ** 2).mean()
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        return g * 2 * (a - b) / a.numel()  # one gradient for two inputs: torch's engine raises, in C++
+
+
+def test_a_backward_torch_rejects_from_cpp_is_named_at_its_line():
+    problem, _ = preflight(Spec(_TooFewGradients.apply), "cpu")
+    line = inspect.getsourcelines(_TooFewGradients.backward)[1]
+    assert problem.code == problems.BACKWARD_RAISED and "incorrect number of gradients" in problem.message
+    assert problem.message.endswith(f"(at tests/test_losses.py:{line})"), problem.message
 
 
 def test_debug_raises_the_users_own_exception(monkeypatch):

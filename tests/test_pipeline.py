@@ -22,7 +22,7 @@ from PIL import Image
 
 from lossbench.config import load_params
 from lossbench.configuration import matrix
-from tests.conftest import ROOT, copy_tree
+from tests.conftest import ROOT, copy_tree, reduced_project, repro, stages_ran
 
 pytestmark = pytest.mark.slow
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a GPU: the no-GPU path is not testable")
@@ -310,14 +310,32 @@ def test_example_losses_equal_their_references_through_dvc_exp_run(repo):
     assert metrics(root)["passed"] is True
 
 
-def test_the_readmes_restore_line_returns_to_the_committed_state(repo):
-    """After `dvc exp run` (which rewrites params.yaml, and whose DVC stages the lock in Git's index), the README's
-    line returns params, lock and report to the last commit; a plain `git checkout <path>` restored the staged lock."""
-    root, env, _ = repo
-    assert sh("git status --porcelain params.yaml results", root)  # the experiment left its changes
-    sh("git checkout HEAD -- params.yaml results && dvc checkout", root, env)
-    assert sh("git status --porcelain params.yaml results", root) == ""
-    assert sh("git diff --cached --stat", root) == ""
+def test_the_readmes_restore_line_returns_to_the_runs_before_an_experiment(tmp_path, mirror):
+    """A new user's case: the committed lock is another run's (its outputs are in no cache here), `make repro`
+    trained this machine's own, then `dvc exp run` rewrote params.yaml and the lock. The README's line
+    (`git checkout HEAD -- params.yaml && make repro`) returns params.yaml to the commit and the report to the
+    runs made before the experiment, from DVC's cache: nothing trains again, nothing is lost. (`dvc checkout` of
+    the committed lock failed here: 'Checkout failed ... Is your cache up to date?', and removed the runs.)"""
+    root, env = reduced_project(tmp_path / "project", mirror, losses=["torch_mse", "numpy_mse"])
+    summary = root / MACHINE / "report" / "summary.json"
+    assert repro(root, env).returncode == 0
+    sh("git add -A && git -c user.name=t -c user.email=t@t commit -qm 'another run, committed'", root)
+    # this machine's own run: new timings, a lock unlike the committed one, whose outputs leave the cache
+    assert "Running stage" in sh(f"dvc repro -f {MACHINE}/dvc.yaml && dvc gc -w -f", root, env)
+    before = json.loads(summary.read_text())["configs"]
+    sh(f"dvc exp run {MACHINE}/dvc.yaml -S 'train.losses=[torch_mse,wrong_backward]'", root, env)
+    assert sh("git status --porcelain params.yaml", root)  # the experiment rewrote params.yaml
+
+    sh("git checkout HEAD -- params.yaml", root)
+    log = repro(root, env)
+    assert log.returncode == 0, log.stdout + log.stderr
+    assert stages_ran(log.stdout) == ["check@cpu", "report"]  # the runs came back from DVC's cache
+    assert sh("git status --porcelain params.yaml", root) == ""
+    after = json.loads(summary.read_text())["configs"]
+    assert set(after) == set(before) == {"torch_mse-cpu-fp32-eager", "numpy_mse-cpu-fp32-eager"}
+    for key in after:
+        for field in ("verdict", "max_abs_diff", "cost_ratio", "median_step_ms"):
+            assert after[key][field] == before[key][field], (key, field)
 
 
 # The noise envelope's separation, through the real pipeline (docs/envelope.md): the calibration losses, then the

@@ -74,6 +74,22 @@ def test_cost_ratio_has_an_interval_and_a_label(work):
                                                             r["cost_ratio_high"], params.cost.min_effect)
 
 
+def test_a_references_timed_step_pools_its_timings_beside_every_candidate(work):
+    """Each candidate's stage timed the reference beside it: the reference's row is all of those rounds, whichever
+    candidate is read first (it took the first one's, and jumped when a candidate was added)."""
+    params = load_params(work / "params.yaml")
+    runs = verdict.load_runs(work / "runs", matrix(params.train))
+    ref = "torch_mse-cpu-fp32-eager"
+    beside = [r.cost["configurations"][ref]["step_seconds"] for r in runs.values() if r.cost]
+    assert len(beside) == len(LOSSES) - 1
+    row = verdict.cost_rows(params, runs)[ref]
+    pooled = [v * 1e3 for seconds in beside for v in seconds]
+    assert row["timed_beside"] == len(beside)
+    assert row["cost_step_ms"][0] == pytest.approx(np.exp(np.mean(np.log(pooled))))  # stats.mean_ci: geometric
+    backwards = dict(reversed(list(runs.items())))
+    assert verdict.cost_rows(params, backwards)[ref]["cost_step_ms"] == pytest.approx(row["cost_step_ms"])
+
+
 def test_all_pass_and_verdicts(work):
     res = evaluate(work)
     assert res.failures == []
@@ -384,3 +400,14 @@ def test_the_loss_picture_shows_each_candidate_against_its_reference(work, monke
     drawn = {l.get_label(): l.get_ydata() for l in low.get_lines() if not l.get_label().startswith("_")}
     assert set(drawn) == {f"{l} vs torch_mse" for l in LOSSES[1:]} and low.get_ylabel() == "loss / its reference's - 1"
     assert np.all(drawn["functional_mse vs torch_mse"] == 0) and np.max(np.abs(drawn["numpy_detached vs torch_mse"])) > 1e-3
+
+
+def test_a_compiled_loss_whose_numpy_did_not_run_says_so_in_its_verdict():
+    """Compile traced the NumPy into torch ops: `equal` judges torch's code, not the user's NumPy; the verdicts
+    table says so where it is read, not only under Details."""
+    from lossbench.render import _verdict
+
+    traced = {"verdict": "equal", "numpy_calls": 0, "vs_eager": {"numpy_calls_eager": 2}}
+    assert _verdict(traced) == "equal; but its NumPy did not run (Details: Compiled)"
+    assert _verdict({**traced, "numpy_calls": 2}) == "equal"  # an opaque op: its NumPy ran
+    assert _verdict({"verdict": "equal", "numpy_calls": 0, "vs_eager": None}) == "equal"  # a torch loss, eager
