@@ -165,7 +165,8 @@ def _fp64(r):
 
 def numpy_traced(r):
     """True when a loss's NumPy ran eager and not compiled: compile traced it, and its verdict is not the NumPy's."""
-    return r.get("numpy_calls") == 0 and bool((r.get("vs_eager") or {}).get("numpy_calls_eager"))
+    eager = r.get("vs_eager")  # a table's record: NaN where a row has none
+    return r.get("numpy_calls") == 0 and isinstance(eager, dict) and bool(eager.get("numpy_calls_eager"))
 
 
 def _verdict(r):

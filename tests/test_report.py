@@ -411,3 +411,4 @@ def test_a_compiled_loss_whose_numpy_did_not_run_says_so_in_its_verdict():
     assert _verdict(traced) == "equal; but its NumPy did not run (Details: Compiled)"
     assert _verdict({**traced, "numpy_calls": 2}) == "equal"  # an opaque op: its NumPy ran
     assert _verdict({"verdict": "equal", "numpy_calls": 0, "vs_eager": None}) == "equal"  # a torch loss, eager
+    assert _verdict({"verdict": "equal", "numpy_calls": 0, "vs_eager": float("nan")}) == "equal"  # as pandas gives
