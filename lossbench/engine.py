@@ -125,31 +125,33 @@ class Trainer:
         with self.autocast():  # the precision: around forward and loss, as users train
             out = self.forward(x)  # (B, 784), bfloat16 under bf16
             mark()
-            first = self.dtypes is None  # observed once: what the loss sees is the same at every step
             self.calls += 1
-            if first:
+            watch = self._watch()
+            if self.calls == 1:  # what the loss sees is the same at every step: observed once (kept if it raises)
                 self.dtypes = {"received": _name(out.dtype), "target": _name(x.dtype)}
-            # the ops' dtypes in eager (compiled code runs no Python ops to watch); NumPy's calls on the
-            # second call, when compiled code runs (the first compiles)
-            observe = Dtypes() if first and self.mode == "eager" else contextlib.nullcontext()
-            if self.calls == 2:
-                observe = counting = NumpyCalls()
             try:
-                with observe:
+                with watch:
                     loss = self.loss_fn(out, x)  # scalar
             except Exception as e:  # user code: say where it broke (the traceback behind LOSSBENCH_DEBUG)
                 if debugging():
                     raise
                 raise RunError(problems.raised(raised(e)), where) from e
-        if self.calls == 2:
-            self.numpy_calls = counting.calls
-        if first:
-            self.dtypes |= {"computed": sorted(observe.seen) if isinstance(observe, Dtypes) else None,
+        if self.calls == 1:
+            self.dtypes |= {"computed": sorted(watch.seen) if isinstance(watch, Dtypes) else None,
                             "returned": _name(loss.dtype) if isinstance(loss, torch.Tensor) else None}
+        elif isinstance(watch, NumpyCalls):
+            self.numpy_calls = watch.calls
         problem = problems.not_scalar(loss)
         if problem:
             raise RunError(problem, where)
         return out, loss
+
+    def _watch(self):
+        """What watches this call of the loss: the ops' dtypes at the first, in eager (compiled code runs no
+        Python ops to watch); NumPy's calls at the second, when compiled code runs (the first compiles)."""
+        if self.calls == 1 and self.mode == "eager":
+            return Dtypes()
+        return NumpyCalls() if self.calls == 2 else contextlib.nullcontext()
 
     def autocast(self):
         if self.precision == "bf16":

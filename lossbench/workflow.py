@@ -188,14 +188,18 @@ def pull():
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="step", required=True)
-    sub.add_parser("repro").add_argument("dvc_args", nargs=argparse.REMAINDER)
+    sub.add_parser("repro", help="this machine's pipeline, then the overview; other arguments go to dvc repro")
     sub.add_parser("overview")
     sub.add_parser("remote").add_argument("url")
     sub.add_parser("push")
     sub.add_parser("pull")
     sub.add_parser("name")
-    args = p.parse_args(argv)
-    steps = {"repro": lambda: repro(args.dvc_args), "overview": overview, "remote": lambda: set_remote(args.url),
+    # repro passes what it does not know on to dvc repro (-f, -s, a stage): argparse.REMAINDER refused a first
+    # argument that starts with '-'
+    args, dvc_args = p.parse_known_args(argv)
+    if dvc_args and args.step != "repro":
+        p.error(f"unrecognized arguments: {' '.join(dvc_args)}")
+    steps = {"repro": lambda: repro(dvc_args), "overview": overview, "remote": lambda: set_remote(args.url),
              "push": push, "pull": pull, "name": lambda: print(name())}
     sys.exit(run(steps[args.step], "machines") or 0)
 

@@ -5,6 +5,8 @@ The full pipeline (every default loss, 470 steps, 3 repeats) is the slow tier's 
 
 import json
 
+import pytest
+
 from tests.conftest import reduced_project, repro, stages_ran
 
 LOSSES = ["torch_mse", "numpy_mse", "wrong_backward"]
@@ -33,3 +35,18 @@ def test_make_repro_on_a_reduced_params_set_judges_and_then_reruns_only_the_chec
     edited = repro(root, env)  # a loss file of the project changed: the check runs in full (no loss of it trains)
     assert edited.returncode == 0 and stages_ran(edited.stdout) == ["check@cpu"], edited.stdout + edited.stderr
     assert "check: 3 losses imported, pre-flighted on cpu (" in edited.stderr
+
+
+def test_make_repros_command_passes_dvcs_options_on(monkeypatch):
+    """`python -m lossbench.workflow repro -f` (docs/pipeline.md, make bench) reaches dvc repro as -f; argparse's
+    REMAINDER refused it ('unrecognized arguments: -f -q'). Another step still refuses what it does not know."""
+    from lossbench import workflow
+
+    got = []
+    monkeypatch.setattr(workflow, "repro", lambda extra: got.append(extra))
+    with pytest.raises(SystemExit) as e:
+        workflow.main(["repro", "-f", "-q", "-s", "train@x"])
+    assert e.value.code == 0 and got == [["-f", "-q", "-s", "train@x"]]
+    with pytest.raises(SystemExit) as e:
+        workflow.main(["overview", "-f"])
+    assert e.value.code == 2
