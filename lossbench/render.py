@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from lossbench.configuration import of_row  # noqa: E402
-from lossbench.io import PHASES, atomic_path  # noqa: E402
+from lossbench.files import PHASES, atomic_path  # noqa: E402
 
 
 def plot_tables(runs, plan):

@@ -11,7 +11,7 @@ cancels and only what differs within a round counts.
 
 import numpy as np
 
-from lossbench.io import PHASES
+from lossbench.files import PHASES
 from lossbench.engine import Trainer
 from lossbench.training import Clock
 

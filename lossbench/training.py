@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from lossbench import evidence, problems, task
 from lossbench.engine import RunError, Trainer
-from lossbench.io import STEP_COLUMNS
+from lossbench.files import STEP_COLUMNS
 
 
 def weights_digest(model):

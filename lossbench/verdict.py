@@ -16,7 +16,7 @@ import pandas as pd
 from lossbench import evidence, stats
 from lossbench.configuration import Configuration
 from lossbench.errors import UserError
-from lossbench.io import STEP_COLUMNS, read_json, read_tensors
+from lossbench.files import STEP_COLUMNS, read_json, read_tensors
 
 
 class ReportError(UserError):

@@ -23,7 +23,7 @@ from pathlib import Path
 from ruamel.yaml import YAML
 
 from lossbench.errors import UserError, run
-from lossbench.io import read_json
+from lossbench.files import read_json
 from lossbench.machines import PIPELINE, RESULTS, directory, ensure, name
 
 REMOTE = "shared"  # the name `make remote` gives the default remote

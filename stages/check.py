@@ -6,7 +6,7 @@ batch on the device, in fp32 and then through the model under each requested pre
 configuration, ``<out>/<device>/<key>.json``: the
 loss (fn, args, where its code lives, with digests), its setting, the dtypes its loss received, computed in
 and returned there (or why it is unsupported there), the device's availability,
-the machine's name and the device's platform (lossbench.platform.for_device). Each train stage
+the machine's name and the device's platform (lossbench.host.for_device). Each train stage
 depends on its own file alone, so it re-runs exactly when its loss's code, its
 device or that device's platform changed (a new torch, another CPU). Nothing is written unless every check
 passed. In a machine's directory (``--machine-dir``) it first refuses to run for
@@ -24,7 +24,7 @@ from lossbench import fingerprint, machines, problems
 from lossbench.config import load_params
 from lossbench.configuration import Configuration
 from lossbench.errors import ROOT, UserError, run, shown
-from lossbench.io import read_json, write_json
+from lossbench.files import read_json, write_json
 
 
 class DeviceRequired(UserError):
@@ -101,7 +101,7 @@ def checked(params_path, params, devices, machine, preflight_cache):
     """({Configuration: check record}, the lines it printed, the devices that run here): every loss imported,
     pre-flighted on each device that can run here, under each setting."""
     # torch (~3 s to import) only here, when something the check depends on changed
-    from lossbench import gpu, platform
+    from lossbench import gpu, host
     from lossbench.losses import resolve
     from lossbench.preflight import check, source
 
@@ -111,8 +111,8 @@ def checked(params_path, params, devices, machine, preflight_cache):
         lines.append(line)
         print(line, file=sys.stderr)
 
-    host = platform.collect()
-    reasons = {d: gpu.reason_for(d, host) for d in devices}
+    this_host = host.collect()
+    reasons = {d: gpu.reason_for(d, this_host) for d in devices}
     required = [d for d in devices if reasons[d] is not None]
     if required and gpu.devices_required():
         raise DeviceRequired(f"{shown(params_path)}: train.devices: {required[0]!r} cannot run here and "
@@ -129,7 +129,7 @@ def checked(params_path, params, devices, machine, preflight_cache):
             # the machine's name too: DVC's run-cache is keyed by a stage's deps, and two machines of one
             # platform would otherwise take each other's runs (and timings) as their own
             common = {**loss, "device": device, "machine": machine, "available": reasons[device] is None,
-                      "reason": reasons[device], "platform": platform.for_device(host, device),
+                      "reason": reasons[device], "platform": host.for_device(this_host, device),
                       "envelope": envelope(params, j)}
             fp32 = None
             if reasons[device] is None:  # in fp32 always: a loss that fails there is broken, not unsupported
@@ -141,7 +141,7 @@ def checked(params_path, params, devices, machine, preflight_cache):
                     config = Configuration(name, device, precision, mode)
                     record = {**common, "config": config.key, "precision": precision, "mode": mode,
                               "dtypes": None, "unsupported": None}
-                    why = platform.compile_reason(device) if mode == "compiled" and reasons[device] is None else None
+                    why = host.compile_reason(device) if mode == "compiled" and reasons[device] is None else None
                     if why:  # not run here, with the reason: never a crash
                         record.update(available=False, reason=why)
                     elif (precision, mode) == ("fp32", "eager"):  # the pre-flight above was this one

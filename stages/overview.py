@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lossbench.config import load_params
 from lossbench.errors import run
-from lossbench.io import write_json, write_text
+from lossbench.files import write_json, write_text
 from lossbench.overview import as_json, build, load, markdown
 
 

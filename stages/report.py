@@ -12,7 +12,7 @@ from pathlib import Path
 from lossbench.config import load_params
 from lossbench.configuration import matrix
 from lossbench.errors import run as run_main
-from lossbench.io import write_json, write_text
+from lossbench.files import write_json, write_text
 from lossbench.render import draw, markdown, plot_tables, write_plot_data
 from lossbench.verdict import ReportError, evaluate, load_runs, metrics, summary
 

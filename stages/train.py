@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lossbench.config import load_params
 from lossbench.errors import run
-from lossbench.io import read_json, write_json, write_steps, write_tensors
+from lossbench.files import read_json, write_json, write_steps, write_tensors
 from lossbench.machines import host_name
 
 OUTPUTS = ("run.json", "steps.csv", "grads.npz", "weights.npz", "envelope.csv", "envelope_gradients.json", "cost.json")

@@ -111,16 +111,16 @@ def test_another_machines_directory_is_refused_in_one_line_before_anything_is_wr
 
 
 def test_the_check_file_holds_this_hosts_platform_so_a_new_platform_retrains(tmp_path, monkeypatch):
-    from lossbench import platform
+    from lossbench import host
 
     monkeypatch.delenv("LOSSBENCH_MACHINE", raising=False)
 
     params = small_params(tmp_path / "params.yaml", losses=["torch_mse"], devices=["cpu", "cuda"])
     check.main(["--params", str(params), "--out", str(tmp_path / "check")])
-    host = platform.collect()
+    here = host.collect()
     for device in ("cpu", "cuda"):
         record = json.loads((tmp_path / "check" / device / f"torch_mse-{device}-fp32-eager.json").read_text())
-        assert record["platform"] == platform.for_device(host, device) and record["machine"] == "local"
+        assert record["platform"] == host.for_device(here, device) and record["machine"] == "local"
     # a CPU device's file leaves the GPU part out: a driver update does not re-train CPU configurations
     assert "cuda" not in json.loads((tmp_path / "check" / "cpu" / "torch_mse-cpu-fp32-eager.json").read_text())["platform"]
 

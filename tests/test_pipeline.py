@@ -1,8 +1,8 @@
 """End to end: `make repro`'s command in a fresh copy of the repository, on real MNIST.
 
-The tests share one repository and run in file order: the first ones read the
-default pipeline's results; the later ones change it (a user's loss added,
-broken, fixed; bad params; the example losses) and say what DVC re-ran.
+The tests share one repository, trained once with the default params and committed. Some read its
+results; the others change it (a user's loss added, broken, fixed; bad params; the example losses), say
+what DVC re-ran, and are given it back as it was (``restored``): the tests hold in any order.
 """
 
 import json
@@ -62,7 +62,17 @@ def repo(tmp_path_factory, mirror):
     sh("git init -q && git config user.name t && git config user.email t@t && git add -A && git commit -qm init",
        dst)
     log = sh(REPRO, dst, env)
+    sh("git add -A && git commit -qm 'the default pipeline, trained' && git tag trained", dst)
     return dst, env, log
+
+
+@pytest.fixture
+def restored(repo):
+    """The shared repository, given back after the test as the default pipeline left it: Git's files reset to that
+    commit (params.yaml, the lock, the report, a loss file), new files removed, DVC's outputs checked out."""
+    root, env, _ = repo
+    yield repo
+    sh("git reset -q --hard trained && git clean -fdq && dvc checkout -q", root, env)
 
 
 def metrics(root):
@@ -263,9 +273,9 @@ def test_bad_input_stops_in_seconds_before_any_output_is_deleted(repo, edit, lin
 MINE = "def my_mse(input, target):\n    return ((input - target) ** 2).mean(){bug}\n"
 
 
-def test_a_users_loss_is_a_dependency(repo):
+def test_a_users_loss_is_a_dependency(restored):
     """Add a loss: only its configurations train. Break it: only they re-run, and the verdict follows. Fix it."""
-    root, env, _ = repo
+    root, env, _ = restored
     (root / "losses" / "mine.py").write_text(MINE.format(bug=""))
 
     def add(p):
@@ -294,9 +304,8 @@ def test_a_users_loss_is_a_dependency(repo):
     assert metrics(root)["passed"] is True and metrics(root)["configs"]["mine-cpu-fp32-eager"]["verdict"] == "equal"
 
 
-def test_example_losses_equal_their_references_through_dvc_exp_run(repo):
-    root, env, _ = repo
-    sh("git add -A && git commit -qm 'state after the tests above'", root)
+def test_example_losses_equal_their_references_through_dvc_exp_run(restored):
+    root, env, _ = restored
     losses = "[torch_l1,numpy_l1,huber_ref,numpy_huber,torch_bce,numpy_bce]"
     log = sh(f"dvc exp run {MACHINE}/dvc.yaml -S 'train.losses={losses}' -S 'train.devices=[cpu]' "
              "-S train.repeats=1", root, env)
@@ -349,9 +358,8 @@ SEPARATION = {  # loss: (reference, verdict)
 }
 
 
-def test_the_noise_envelope_separates_rounding_from_wrong_losses(repo):
-    root, env, _ = repo
-    sh("git add -A && git commit -qm 'state after the tests above' --allow-empty", root)
+def test_the_noise_envelope_separates_rounding_from_wrong_losses(restored):
+    root, env, _ = restored
     losses = ",".join(["torch_mse", "huber_ref", *SEPARATION])
     log = sh(f"dvc exp run {MACHINE}/dvc.yaml -S 'train.losses=[{losses}]' -S 'train.devices=[cpu]' "
              "-S train.repeats=1", root, env)

@@ -41,7 +41,7 @@ def test_adding_bf16_trains_only_its_configurations_and_an_unsupported_loss_fail
     assert ref["nudge_visible_from"] == 1  # the one-ulp nudge of the fp32 weights survives the bf16 casts at once
     assert c["numpy_mse-cpu-fp32-eager"]["verdict"] == "equal"  # fp32 untouched
     md = (root / "results" / "local" / "report" / "report.md").read_text()
-    from lossbench.platform import cpu_bf16_native
+    from lossbench.host import cpu_bf16_native
     assert "## Unsupported" in md and ("bf16 is emulated here" in md) is (cpu_bf16_native() is False)
 
     # the README's bf16 line names the losses that run under bf16: it is green

@@ -19,7 +19,7 @@ LOSSES = ["torch_mse", "functional_mse", "module_mse", "numpy_mse", "numpy_detac
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory):
     """Real runs of every loss on tiny synthetic data, plus an unavailable cuda run per loss."""
-    from lossbench.io import write_json
+    from lossbench.files import write_json
 
     tmp = tmp_path_factory.mktemp("runs")
     write_idx(tmp / "data" / "MNIST" / "raw")

@@ -8,7 +8,7 @@ import torch
 
 from lossbench import data, task, training
 from lossbench.config import load_params
-from lossbench.io import read_tensors, write_steps
+from lossbench.files import read_tensors, write_steps
 from lossbench.losses import resolve
 from lossbench.registry import REGISTRY, Registered
 from lossbench.model import AutoEncoder
