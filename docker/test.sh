@@ -78,7 +78,7 @@ check "every file owned by the user ($uid)${strays:+: not $strays}" "$([ -z "$st
 set +e
 run "$work/repo" -- >"$work/again.log" 2>&1; rc=$?
 set -e
-reran=$(grep -o "Running stage '[^']*'" "$work/again.log" | grep -v ":check@" || true)
+reran=$(grep -o "Running stage '[^']*'" "$work/again.log" | grep -v ":check'" || true)
 check "a second run re-runs nothing${reran:+ (ran: $reran)}" "$([ $rc = 0 ] && [ -z "$reran" ]; echo $?)"
 
 set +e

@@ -1,4 +1,4 @@
-"""Stage `check@<device>`: runs first, every time, in seconds; stops the pipeline on bad input.
+"""Stage `check`: runs first, every time, in seconds; stops the pipeline on bad input.
 
 Validates params.yaml (YAML 1.2, as DVC reads it), imports every loss and
 reference, applies LOSSBENCH_REQUIRE_DEVICES, and runs each loss once on a small

@@ -25,7 +25,7 @@ def test_make_repro_on_a_reduced_params_set_judges_and_then_reruns_only_the_chec
     # nothing changed: the check reuses its last files without importing torch (-X importtime lists every import
     # of every process, the stages' too: DVC passes the environment on)
     again = repro(root, {**env, "PYTHONPROFILEIMPORTTIME": "1"})
-    assert again.returncode == 0 and stages_ran(again.stdout) == ["check@cpu"], again.stdout + again.stderr
+    assert again.returncode == 0 and stages_ran(again.stdout) == ["check"], again.stdout + again.stderr
     imported = {line.rsplit("|", 1)[1].strip() for line in again.stderr.splitlines() if line.startswith("import time:")}
     assert "lossbench.fingerprint" in imported  # the profile reached the check stage (it runs as __main__)
     assert "torch" not in imported
@@ -33,7 +33,7 @@ def test_make_repro_on_a_reduced_params_set_judges_and_then_reruns_only_the_chec
 
     (root / "losses" / "examples.py").write_text((root / "losses" / "examples.py").read_text() + "\n# edited\n")
     edited = repro(root, env)  # a loss file of the project changed: the check runs in full (no loss of it trains)
-    assert edited.returncode == 0 and stages_ran(edited.stdout) == ["check@cpu"], edited.stdout + edited.stderr
+    assert edited.returncode == 0 and stages_ran(edited.stdout) == ["check"], edited.stdout + edited.stderr
     assert "check: 3 losses imported, pre-flighted on cpu (" in edited.stderr
 
 
