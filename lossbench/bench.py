@@ -133,8 +133,9 @@ def repro_overhead(python_bin):
         wall, log = _timed([sys.executable, "-m", "lossbench.workflow", "repro", "-f"], tmp, env)
         runs = [json.loads(p.read_text()) for p in sorted((here / "runs").glob("*/run.json"))]
         costs = [json.loads(p.read_text()) for p in sorted((here / "runs").glob("*/cost.json"))]
-        checks = len(list((here / "check").iterdir()))  # a check stage a device: each imported torch (cold)
-    stages = len(set(re.findall(r"Running stage '([^']+)'", log)))
+    names = set(re.findall(r"Running stage '([^']+)'", log))
+    stages = len(names)
+    checks = sum(bool(re.search(r":check(@|$)", n)) for n in names)  # each imported torch (cold: no last check)
     train = sum(r["total_seconds"] for run in runs if run["status"] == "ran" for r in run["repeats"])
     ensembles = [run["envelope"] for run in runs if run["status"] == "ran" and run.get("envelope")]
     noise = sum(e["seconds"] + e["fp64_seconds"] for e in ensembles)  # the references' envelopes (report.envelope)
@@ -197,7 +198,7 @@ def inner_loop(tree, python_bin, rounds):
         repro = [sys.executable, "-m", "lossbench.workflow", "repro"]
         cold, _ = _timed(repro, tmp, env)
         nothing, log = _timed(repro, tmp, {**env, "PYTHONPROFILEIMPORTTIME": "1"})
-        torch_imported = any(line.rstrip().endswith("| torch") for line in log.splitlines())
+        torch_imported = any(name.strip() == "torch" for _, name in _imports(log))
         edits, tutorial = [], []
         for r in range(rounds):  # in turn, so that the machine's drift falls on both
             with open(Path(tmp) / EDITED, "a") as f:
@@ -216,6 +217,13 @@ def inner_loop(tree, python_bin, rounds):
             "tutorial": tutorial, "stages": stages, "parts": parts}
 
 
+def _imports(log):
+    """(cumulative us, name) of every import -X importtime listed ("import time: self | cumulative | name", the
+    name indented by its depth: " torch" is a top-level import)."""
+    rows = [line.split("|")[1:] for line in log.splitlines() if line.startswith("import time:")]
+    return [(int(cum), name.rstrip()) for cum, name in rows if cum.strip().isdigit()]
+
+
 def _where(tree, since, log, wall):
     """Where an edit's wall time went: the loops its runs recorded (training; timing, whichever file held it
     in that tree), the torch imports (-X importtime's top-level torch and torch._dynamo, every process), the
@@ -226,11 +234,11 @@ def _where(tree, since, log, wall):
     train += sum(e["seconds"] + e["fp64_seconds"] for run in runs if run.get("envelope") for e in [run["envelope"]])
     timing = sum(json.loads(p.read_text()).get("loop_seconds", 0) for p in fresh
                  if p.name == "cost.json" or p.parent.name == "cost")
-    # "import time:  self | cumulative | name", a name indented by its depth: " torch" is a top-level import
-    imports = [line.split("|")[1:] for line in log.splitlines() if line.startswith("import time:")]
-    imports = [(int(cum), name.rstrip()) for cum, name in imports if cum.strip().isdigit()]
-    torch_s = sum(cum for cum, name in imports if name in (" torch", " torch._dynamo")) / 1e6
-    processes = sum(name == " torch" for _, name in imports)
+    imports = _imports(log)
+    # torch is listed once a process, at whatever depth its first import was; torch._dynamo on its own only
+    # where Adam's first step imported it, at the top (deeper, it is inside torch's figure already)
+    torch_s = sum(cum for cum, name in imports if name.strip() == "torch" or name == " torch._dynamo") / 1e6
+    processes = sum(name.strip() == "torch" for _, name in imports)
     return {"wall": wall, "training loops": train, "timing loops": timing,
             f"torch imports ({processes} processes)": torch_s,
             "the rest (DVC's lock rewrites, the check's pre-flights, report, start-ups)": wall - train - timing - torch_s,
