@@ -150,7 +150,7 @@ def repro_overhead(python_bin):
           f"({ensembles[0]['members'] if ensembles else 0} members + 1 float64 run))")
     print(f"  wall / loops: {wall / (train + timing):.2f}x (goal <= 1.5x)")
     print("  where the rest goes:")
-    print(f"    torch + torch._dynamo imports: {ran + checks} processes ({ran} trainings, {checks} checks) x "
+    print(f"    torch + torch._dynamo imports: {ran + checks} processes ({ran} trainings, {checks} check{'' if checks == 1 else 's'}) x "
           f"{one:.2f} s (measured apart) = {imports:.1f} s  ({100 * imports / wall:.0f}% of the wall)")
     rest = wall - train - timing - imports
     print(f"    the rest: {rest:.1f} s ({100 * rest / wall:.0f}%): DVC (its start, hashing, the lock rewritten after "
