@@ -259,7 +259,10 @@ def markdown(params, res, images):
                   f"Cost vs reference: each candidate timed in its own train stage beside its reference, taking turns "
                   f"a step at a time, {cp.rounds} rounds of {cp.steps} steps each after {cp.warmup_steps} untimed ones; "
                   f"the ratio of per-round median steps, with its 95% interval. A difference is named only where the interval excludes 1 and the "
-                  f"ratio is beyond {cp.min_effect:g}x. Training step: the median over the training repeats "
+                  f"ratio is beyond {cp.min_effect:g}x. *Its reference beside it*: the reference's timed step in that "
+                  "candidate's stage, the ratio's other half; a reference's own *timed step* pools every candidate's "
+                  "stage, so a ratio is read against its row, not against the reference's. "
+                  f"Training step: the median over the training repeats "
                   "(separate processes, minutes apart: drift between them does not cancel)."
                   + "".join(f" On `{d}` bf16 is emulated (no bf16 instructions): a bf16 cost here measures the emulation."
                             for d, p in res.platforms.items() if p.get("bf16_native") is False and "bf16" in t.precisions),
@@ -268,6 +271,7 @@ def markdown(params, res, images):
             "config": ran.index,
             "cost vs reference": [_cost(r) for r in ran.to_dict("records")],
             "timed step (ms)": [_ci(r.get("cost_step_ms"), ".3f") for r in ran.to_dict("records")],
+            "its reference beside it (ms)": [_ci(r.get("ref_step_ms"), ".3f") for r in ran.to_dict("records")],
             "training step (ms)": ran["median_step_ms"].map(lambda x: fmt(x, ".3f")),
             "spread over repeats (ms)": [f"{a:.3f}-{b:.3f}" for a, b in zip(ran["step_ms_min"], ran["step_ms_max"])],
             "total (s)": ran["total_s"].map(lambda x: fmt(x, ".2f")),

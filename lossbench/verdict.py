@@ -199,6 +199,8 @@ def cost_rows(params, runs):
             "cost_ratio": ratio, "cost_ratio_low": lo, "cost_ratio_high": hi,
             "cost": stats.label(ratio, lo, hi, params.cost.min_effect, stats.spread(m["step_seconds"], r["step_seconds"])),
             **_step_ms(m["step_seconds"], m["phase_seconds"]),
+            # the reference as it ran beside this candidate: the ratio's other half (its own row pools every stage's)
+            "ref_step_ms": stats.mean_ci([v * 1e3 for v in r["step_seconds"]]),
         }
         beside.setdefault(ref.key, []).append(r)
     for key, timings in beside.items():

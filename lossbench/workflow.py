@@ -61,6 +61,10 @@ def repro(extra):
     if rc != 0:
         if report.is_file() and report.stat().st_mtime >= started:  # the report ran and failed: say where it is
             print(f"lossbench: this machine's report (FAIL): {report}", file=sys.stderr)
+        elif report.is_file():  # a stage before it failed: the report on disk is an older run's, whatever it says
+            print(f"lossbench: the pipeline stopped before its report: {report} is still the last complete run's, "
+                  "not this one's (a failed stage's last good output comes back from DVC's cache when it runs "
+                  "again)", file=sys.stderr)
         return rc
     rc = overview()
     if rc == 0:

@@ -50,3 +50,17 @@ def test_make_repros_command_passes_dvcs_options_on(monkeypatch):
     with pytest.raises(SystemExit) as e:
         workflow.main(["overview", "-f"])
     assert e.value.code == 2
+
+
+def test_a_pipeline_that_stops_before_its_report_says_the_report_is_an_older_runs(tmp_path, monkeypatch, capsys):
+    """A train stage failed: report.md still says the last complete run's PASS; make repro says so, in one line."""
+    from lossbench import workflow
+
+    link = tmp_path / "results" / "local" / "dvc.yaml"
+    (link.parent / "report").mkdir(parents=True)
+    (link.parent / "report" / "report.md").write_text("**Result: PASS**\n")
+    monkeypatch.setattr(workflow, "ensure", lambda: link)
+    monkeypatch.setattr(workflow, "dvc_repro", lambda *args: 1)
+    monkeypatch.setattr(workflow.time, "time", lambda: 4e9)  # the report predates this run
+    assert workflow.repro([]) == 1
+    assert "the pipeline stopped before its report: " in capsys.readouterr().err

@@ -86,6 +86,9 @@ def test_a_references_timed_step_pools_its_timings_beside_every_candidate(work):
     pooled = [v * 1e3 for seconds in beside for v in seconds]
     assert row["timed_beside"] == len(beside)
     assert row["cost_step_ms"][0] == pytest.approx(np.exp(np.mean(np.log(pooled))))  # stats.mean_ci: geometric
+    for key, cand in verdict.cost_rows(params, runs).items():  # a candidate's ratio is read against its own row
+        if key != ref:
+            assert cand["ref_step_ms"] != row["cost_step_ms"] and cand["ref_step_ms"][1] < cand["ref_step_ms"][0]
     backwards = dict(reversed(list(runs.items())))
     assert verdict.cost_rows(params, backwards)[ref]["cost_step_ms"] == pytest.approx(row["cost_step_ms"])
 
