@@ -6,9 +6,10 @@ out-of-range values fail with the file, the dotted key, the value and what was
 expected.
 """
 
+import difflib
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML
@@ -228,13 +229,40 @@ def parse_params(data, source="params.yaml"):
     try:
         return Params.model_validate(data)
     except ValidationError as e:
-        parts = []
-        for err in e.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            got = "" if err["type"] == "missing" or not err["loc"] else f" (got {_short(err['input'])})"
+        errors = e.errors()
+        missing = {tuple(err["loc"]) for err in errors if err["type"] == "missing"}
+        parts, meant = [], set()
+        for err in errors:
+            loc = tuple(err["loc"])
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            got = "" if err["type"] in ("missing", "extra_forbidden") or not loc else f" (got {_short(err['input'])})"
             msg = err["msg"].removeprefix("Value error, ")
-            parts.append(f"{key}: {msg}{got}" if err["loc"] else msg)
-        raise ParamsError(f"{source}: " + "; ".join(parts)) from None
+            msg = "expected " + msg.removeprefix("Input should be ") if msg.startswith("Input should be ") else msg
+            if err["type"] == "missing":
+                msg = "required, and missing"
+            elif err["type"] == "extra_forbidden":  # a typo, most often: the nearest key it could be
+                near = difflib.get_close_matches(str(loc[-1]), _known_keys(loc[:-1]), n=1, cutoff=0.8)
+                msg = "unknown key" + (f": did you mean {near[0]!r}?" if near else "")
+                meant |= {loc[:-1] + (near[0],)} & missing if near else set()
+            parts.append((loc, f"{key}: {msg}{got}" if loc else msg))
+        # a misspelt key explains its missing one: said once
+        raise ParamsError(f"{source}: " + "; ".join(text for loc, text in parts if loc not in meant)) from None
+
+
+def _known_keys(loc):
+    """The keys params.yaml may hold at ``loc`` (a mapping's own names, like a loss's, are skipped through)."""
+    model = Params
+    for part in loc:
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            field = model.model_fields.get(str(part))
+            if field is None:
+                return []
+            model = field.annotation
+        elif get_origin(model) is dict:  # losses: {name: LossDef}
+            model = get_args(model)[1]
+        else:
+            return []
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
 
 
 def load_params(path="params.yaml"):

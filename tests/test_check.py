@@ -49,7 +49,7 @@ def test_writes_one_file_per_configuration_with_loss_source_and_platform(tmp_pat
      "check: {p}: train.losses: 'lossbench.losses:nope': module 'lossbench.losses' "
      "has no attribute 'nope'"),
     ({"devices": ["cpu", "tpu"]}, 2, "check: {p}: train.devices.1: expected 'cpu' or 'cuda' (got 'tpu')"),
-    ({"lr": "fast"}, 2, "check: {p}: train.lr: Input should be a valid number (got 'fast')"),
+    ({"lr": "fast"}, 2, "check: {p}: train.lr: expected a valid number (got 'fast')"),
     ({"losses": ["torch_mse", "numpy_l1"]}, 2,
      "check: {p}: train.losses: 'numpy_l1' is compared with 'torch_l1' (losses.numpy_l1.reference), which is not "
      "in train.losses ['torch_mse', 'numpy_l1']: add it"),
@@ -82,7 +82,7 @@ def test_debug_keeps_the_traceback_and_the_exit_status(tmp_path, monkeypatch, ca
         check.main(["--params", str(params), "--out", str(tmp_path / "check")])
     err = capsys.readouterr().err
     assert e.value.code == ParamsError.exit_code == 2  # as without it (it was 1: an uncaught exception's)
-    assert "Traceback (most recent call last)" in err and "train.epochs: Input should be greater than 0" in err
+    assert "Traceback (most recent call last)" in err and "train.epochs: expected greater than 0" in err
 
 
 def test_runs_as_a_module(tmp_path):

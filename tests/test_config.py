@@ -37,15 +37,15 @@ def test_repo_params_load():
     ("train.losses", ["torch_mse", "nope"], r"train.losses: unknown loss 'nope': expected a registered loss or "
                                             r"'package.module:attr', or a name defined under losses:"),
     ("train.devices", ["cpu", "tpu"], r"train.devices.1: expected 'cpu' or 'cuda' \(got 'tpu'\)"),
-    ("train.epochs", 0, r"train.epochs: Input should be greater than 0 \(got 0\)"),
-    ("train.batch_size", -1, r"train.batch_size: Input should be greater than 0 \(got -1\)"),
-    ("cost.rounds", 1, r"cost.rounds: Input should be greater than or equal to 2 \(got 1\)"),
-    ("cost.min_effect", 0.9, r"cost.min_effect: Input should be greater than or equal to 1"),
-    ("train.lr", 0.0, r"train.lr: Input should be greater than 0 \(got 0.0\)"),
-    ("train.lr", "1e-3", r"train.lr: Input should be a valid number \(got '1e-3'\)"),
-    ("train.epochs", "2", r"train.epochs: Input should be a valid integer \(got '2'\)"),
-    ("train.epochs", ..., r"train.epochs: Field required"),
-    ("train.epoch", 2, r"train.epoch: Extra inputs are not permitted"),
+    ("train.epochs", 0, r"train.epochs: expected greater than 0 \(got 0\)"),
+    ("train.batch_size", -1, r"train.batch_size: expected greater than 0 \(got -1\)"),
+    ("cost.rounds", 1, r"cost.rounds: expected greater than or equal to 2 \(got 1\)"),
+    ("cost.min_effect", 0.9, r"cost.min_effect: expected greater than or equal to 1"),
+    ("train.lr", 0.0, r"train.lr: expected greater than 0 \(got 0.0\)"),
+    ("train.lr", "1e-3", r"train.lr: expected a valid number \(got '1e-3'\)"),
+    ("train.epochs", "2", r"train.epochs: expected a valid integer \(got '2'\)"),
+    ("train.epochs", ..., r"train.epochs: required, and missing"),
+    ("train.epoch", 2, r"train.epoch: unknown key: did you mean 'epochs'\?"),
     ("train.losses", ["torch_mse", "torch_mse"], r"duplicate entries \['torch_mse'\]"),
     # a value cut short keeps its brackets: a cut list still reads as a list
     ("train.losses", ["torch_mse"] * 9, r"duplicate entries \['torch_mse'\] \(got \['torch_mse', .* \.\.\.\]\)$"),
@@ -58,21 +58,21 @@ def test_repo_params_load():
     # a device label of before results/<machine>/ says where the machine is named now
     ("train.devices", ["cpu", "cuda-h100"], r"train.devices.1: expected 'cpu' or 'cuda'; a machine is named by "
                                             r"LOSSBENCH_MACHINE now, not in the device .* \(got 'cuda-h100'\)"),
-    ("train.loader", "fast", r"train.loader: Input should be 'preloaded' or 'dataloader'"),
+    ("train.loader", "fast", r"train.loader: expected 'preloaded' or 'dataloader'"),
     ("report.reference", "numpy_mse_x", r"train.losses: 'functional_mse' is compared with 'numpy_mse_x' "
                                         r"\(report.reference\), which is not in train.losses"),
     ("losses.numpy_l1.reference", "torch_l1", None),  # defined, not trained: nothing to check against
     ("losses.mine", {"fn": "nosuch"}, r"losses.mine.fn: unknown loss 'nosuch': expected a registered loss or "
                                       r"'package.module:attr'"),
-    ("losses.mine", {"fn": "a.b:c", "expect": "same"}, r"losses.mine.expect: Input should be 'equal' or 'differs'"),
-    ("losses.mine", {"fn": "a.b:c", "refrence": "x"}, r"losses.mine.refrence: Extra inputs are not permitted"),
+    ("losses.mine", {"fn": "a.b:c", "expect": "same"}, r"losses.mine.expect: expected 'equal' or 'differs'"),
+    ("losses.mine", {"fn": "a.b:c", "refrence": "x"}, r"losses.mine.refrence: unknown key: did you mean 'reference'\?"),
     ("losses.torch_mse", {"fn": "a.b:c"}, r"losses: 'torch_mse' is a registered loss: give your definition "
                                           r"another name"),
     ("losses.numpy_huber.reference", "huber_rf", r"losses.numpy_huber.reference: unknown loss 'huber_rf': "
                                                  r"expected a registered loss, a name defined under losses:"),
-    ("report.gradient.rtol", -1.0, r"report.gradient.rtol: Input should be greater than or equal to 0"),
-    ("compare.cost_factor", 1.0, r"compare.cost_factor: Input should be greater than 1"),
-    ("extra", {}, r"extra: Extra inputs are not permitted"),
+    ("report.gradient.rtol", -1.0, r"report.gradient.rtol: expected greater than or equal to 0"),
+    ("compare.cost_factor", 1.0, r"compare.cost_factor: expected greater than 1"),
+    ("extra", {}, r"extra: unknown key$"),
 ])
 def test_bad_params_name_key_value_and_expectation(key, value, message):
     if message is None:
@@ -81,6 +81,15 @@ def test_bad_params_name_key_value_and_expectation(key, value, message):
     with pytest.raises(ParamsError, match=message) as e:
         parse_params(with_(key, value), source="params.yaml")
     assert str(e.value).startswith("params.yaml: ") and "\n" not in str(e.value)  # one line
+
+
+def test_a_misspelt_key_is_named_once_with_the_key_it_could_be():
+    """`epoch: 2` for `epochs: 2`: one line, the typo and the nearest key, not also 'train.epochs: required'."""
+    data = with_("train.epochs", ...)
+    data["train"]["epoch"] = 2
+    with pytest.raises(ParamsError) as e:
+        parse_params(data, source="params.yaml")
+    assert str(e.value) == "params.yaml: train.epoch: unknown key: did you mean 'epochs'?"
 
 
 def test_reference_of_a_trained_loss_must_be_trained():
@@ -138,7 +147,7 @@ def test_validate_before_dvc_reads_the_file(tmp_path):
     bad.write_text((ROOT / "params.yaml").read_text().replace("  devices: [cpu, cuda]", "  devices: cpu"))
     out = subprocess.run([sys.executable, "-m", "lossbench.config", str(bad)], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2
-    assert out.stderr == f"params: {bad}: train.devices: Input should be a valid list (got 'cpu')\n"
+    assert out.stderr == f"params: {bad}: train.devices: expected a valid list (got 'cpu')\n"
 
 
 @pytest.mark.parametrize("value", ["H100", "my box", "../x", "-a"])

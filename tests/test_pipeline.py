@@ -251,7 +251,7 @@ def test_require_devices_stops_a_cached_workspace(repo):
      "check: params.yaml: train.losses: 'nosuch.module:f': cannot import module 'nosuch.module'"),
     (lambda p: p["train"]["devices"].append("tpu"),
      "check: params.yaml: train.devices.2: expected 'cpu' or 'cuda'"),
-    (lambda p: p["train"].update(epochs=0), "check: params.yaml: train.epochs: Input should be greater than 0"),
+    (lambda p: p["train"].update(epochs=0), "check: params.yaml: train.epochs: expected greater than 0"),
 ])
 def test_bad_input_stops_in_seconds_before_any_output_is_deleted(repo, edit, line):
     root, env, _ = repo
