@@ -133,14 +133,11 @@ def repro_overhead(python_bin):
         wall, log = _timed([sys.executable, "-m", "lossbench.workflow", "repro", "-f"], tmp, env)
         runs = [json.loads(p.read_text()) for p in sorted((here / "runs").glob("*/run.json"))]
         costs = [json.loads(p.read_text()) for p in sorted((here / "runs").glob("*/cost.json"))]
-    names = set(re.findall(r"Running stage '([^']+)'", log))
+    names = _stages(log)
     stages = len(names)
-    checks = sum(bool(re.search(r":check(@|$)", n)) for n in names)  # each imported torch (cold: no last check)
-    train = sum(r["total_seconds"] for run in runs if run["status"] == "ran" for r in run["repeats"])
+    checks = sum(bool(re.search(r"^check(@|$)", n)) for n in names)  # each imported torch (cold: no last check)
+    train, noise, timing = _loops(runs, costs)
     ensembles = [run["envelope"] for run in runs if run["status"] == "ran" and run.get("envelope")]
-    noise = sum(e["seconds"] + e["fp64_seconds"] for e in ensembles)  # the references' envelopes (report.envelope)
-    train += noise
-    timing = sum(c["loop_seconds"] for c in costs)
     ran = sum(run["status"] == "ran" for run in runs)
     one = torch_import_seconds()
     imports = (ran + checks) * one
@@ -205,7 +202,7 @@ def inner_loop(tree, python_bin, rounds):
                 f.write(f"# edit {r + 1}\n")  # a new digest: its configuration re-trains, re-timed, re-judged
             seconds, log = _timed(repro, tmp, env)
             edits.append(seconds)
-            stages = sorted(set(re.findall(r"Running stage '[^']*:([^']+)'", log)))
+            stages = _stages(log)
             tutorial.append(_timed([sys.executable, TUTORIAL, "--data", "data"], tmp, env)[0])
         # one more edit, untimed against the tutorial, with every process's imports profiled: where its time goes
         with open(Path(tmp) / EDITED, "a") as f:
@@ -215,6 +212,20 @@ def inner_loop(tree, python_bin, rounds):
         parts = _where(Path(tmp), start, log, wall)
     return {"cold": cold, "nothing": nothing, "torch_imported": torch_imported, "edits": edits,
             "tutorial": tutorial, "stages": stages, "parts": parts}
+
+
+def _stages(log):
+    """The stages a `dvc repro` log ran (not skipped, not restored from the run-cache), without their dvc.yaml."""
+    return sorted(set(re.findall(r"Running stage '[^']*:([^']+)'", log)))
+
+
+def _loops(runs, costs):
+    """(training loops, of which the references' envelopes, timing loops), in seconds: what the run.json and
+    cost JSON files that a repro wrote recorded."""
+    ran = [run for run in runs if run.get("status") == "ran"]
+    noise = sum(run["envelope"]["seconds"] + run["envelope"]["fp64_seconds"] for run in ran if run.get("envelope"))
+    train = sum(r["total_seconds"] for run in ran for r in run["repeats"]) + noise
+    return train, noise, sum(c.get("loop_seconds", 0) for c in costs)
 
 
 def _imports(log):
@@ -229,11 +240,8 @@ def _where(tree, since, log, wall):
     in that tree), the torch imports (-X importtime's top-level torch and torch._dynamo, every process), the
     rest (DVC: its lock rewrite after each stage; the check's pre-flights; the report; Python start-ups)."""
     fresh = [p for p in tree.glob("results/*/**/*.json") if p.stat().st_mtime >= since]
-    runs = [json.loads(p.read_text()) for p in fresh if p.name == "run.json"]
-    train = sum(r["total_seconds"] for run in runs if run.get("status") == "ran" for r in run["repeats"])
-    train += sum(e["seconds"] + e["fp64_seconds"] for run in runs if run.get("envelope") for e in [run["envelope"]])
-    timing = sum(json.loads(p.read_text()).get("loop_seconds", 0) for p in fresh
-                 if p.name == "cost.json" or p.parent.name == "cost")
+    train, _, timing = _loops([json.loads(p.read_text()) for p in fresh if p.name == "run.json"],
+                              [json.loads(p.read_text()) for p in fresh if p.name == "cost.json" or p.parent.name == "cost"])
     imports = _imports(log)
     # torch is listed once a process, at whatever depth its first import was; torch._dynamo on its own only
     # where Adam's first step imported it, at the top (deeper, it is inside torch's figure already)
@@ -242,7 +250,7 @@ def _where(tree, since, log, wall):
     return {"wall": wall, "training loops": train, "timing loops": timing,
             f"torch imports ({processes} processes)": torch_s,
             "the rest (DVC's lock rewrites, the check's pre-flights, report, start-ups)": wall - train - timing - torch_s,
-            "stages": sorted(set(re.findall(r"Running stage '[^']*:([^']+)'", log)))}
+            "stages": _stages(log)}
 
 
 def print_inner(label, m):

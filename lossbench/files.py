@@ -1,5 +1,6 @@
-"""The files the stages write and read, always atomically: JSON, text, steps.csv, .npz tensors."""
+"""The files the stages write and read, always atomically: JSON, text, steps.csv, .npz tensors; a file's digest."""
 
+import hashlib
 import json
 import os
 import tempfile
@@ -10,6 +11,11 @@ import numpy as np
 
 STEP_COLUMNS = ["repeat", "epoch", "step", "global_step", "loss", "seconds"]  # steps.csv
 PHASES = ("forward", "loss", "backward", "step")  # a training step's parts, as timed
+
+
+def sha256(path):
+    """A file's SHA-256, hex: what the check records of a loss's code and of what it depends on."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @contextmanager

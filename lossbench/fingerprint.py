@@ -17,14 +17,12 @@ import shutil
 import sys
 from pathlib import Path
 
+from lossbench.files import sha256
+
 # not code a check runs: outputs, environments, the tests
 SKIP_DIRS = {"results", "data", "reports", "tests", "docs", "__pycache__", "venv", "site-packages", "node_modules"}
 ENV_PREFIXES = ("LOSSBENCH_", "CUDA_", "NVIDIA_", "OMP_", "MKL_", "TORCH", "PYTORCH_")
 COMPILERS = ("g++", "c++", "clang++")
-
-
-def _sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def code(root):
@@ -35,7 +33,7 @@ def code(root):
         for f in files:
             if f.endswith(".py"):
                 path = Path(here) / f
-                found[str(path.relative_to(root))] = _sha256(path)
+                found[str(path.relative_to(root))] = sha256(path)
     return found
 
 
@@ -61,14 +59,14 @@ def host():
 
 def of_files(files):
     """{file: SHA-256, or None where it is gone} for files outside the project."""
-    return {str(f): _sha256(f) if Path(f).is_file() else None for f in files}
+    return {str(f): sha256(f) if Path(f).is_file() else None for f in files}
 
 
 def of(params_path, devices, machine, root, outside=()):
     """The fingerprint: equal to the last check's exactly when that check's files still hold. ``outside``: loss
     files outside the project that the last check named (their digests count too)."""
     return {
-        "params": _sha256(params_path),
+        "params": sha256(params_path),
         "devices": list(devices),
         "machine": machine,
         "code": code(root),

@@ -6,7 +6,6 @@ backward must run and give finite gradients. ``source`` says where a loss's code
 lives, so that DVC re-runs a configuration exactly when that code changes.
 """
 
-import hashlib
 import importlib.metadata
 import inspect
 import sys
@@ -18,6 +17,7 @@ import torch
 from lossbench import problems, task
 from lossbench.engine import RunError, Trainer
 from lossbench.errors import ROOT, debugging, raised, shown
+from lossbench.files import sha256
 from lossbench.registry import REGISTRY
 
 
@@ -81,10 +81,6 @@ def check(spec, device, precision="fp32", mode="eager"):
     return (None if problem.code == problems.DETACHED else problem), dtypes
 
 
-def _sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _local(path, root):
     p = Path(path).resolve()
     return p.is_relative_to(root) and "site-packages" not in p.parts
@@ -102,7 +98,7 @@ def source(fn, root=ROOT):
     files = sorted({str(Path(m.__file__).resolve().relative_to(root)) for m in mods
                     if getattr(m, "__file__", None) and _local(m.__file__, root)})
     if files:
-        return {"files": {f: _sha256(root / f) for f in files}}
+        return {"files": {f: sha256(root / f) for f in files}}
     top = module.__name__.split(".")[0]
     dist = (importlib.metadata.packages_distributions().get(top) or [top])[0]
     try:

@@ -200,7 +200,7 @@ def cost_rows(params, runs):
             "cost": stats.label(ratio, lo, hi, params.cost.min_effect, stats.spread(m["step_seconds"], r["step_seconds"])),
             **_step_ms(m["step_seconds"], m["phase_seconds"]),
             # the reference as it ran beside this candidate: the ratio's other half (its own row pools every stage's)
-            "ref_step_ms": stats.mean_ci([v * 1e3 for v in r["step_seconds"]]),
+            "ref_step_ms": _ms(r["step_seconds"]),
         }
         beside.setdefault(ref.key, []).append(r)
     for key, timings in beside.items():
@@ -211,10 +211,14 @@ def cost_rows(params, runs):
     return rows
 
 
+def _ms(seconds):
+    """Per-round seconds as ms: their mean with its 95% interval."""
+    return stats.mean_ci([v * 1e3 for v in seconds])
+
+
 def _step_ms(step_seconds, phase_seconds):
     """A timed step and its phases, in ms, each a mean with its 95% interval."""
-    return {"cost_step_ms": stats.mean_ci([v * 1e3 for v in step_seconds]),
-            "phases_ms": {p: stats.mean_ci([v * 1e3 for v in vals]) for p, vals in phase_seconds.items()}}
+    return {"cost_step_ms": _ms(step_seconds), "phases_ms": {p: _ms(vals) for p, vals in phase_seconds.items()}}
 
 
 def evaluate(params, runs):
