@@ -40,13 +40,14 @@ if "dvc-" not in installed:
     problems.append("the carried dvc wheel was not installed")
 summary = json.loads((back / "gpu-log/report-fp32/summary.json").read_text())  # the fp32 defaults' report
 configs = summary["configs"]
-bf16 = json.loads((back / "results/gpu/report/summary.json").read_text())["configs"]  # then with bf16 added
+bf16 = json.loads((back / "gpu-log/report-bf16/summary.json").read_text())["configs"]  # then bf16, on cpu here
 for name, c in bf16.items():
     if c["precision"] != "bf16":
         continue
     if c["device"] == "cuda":
-        want = ("not run",)
-    elif c.get("reference") is None:  # a reference is judged by nothing: its verdict says so
+        problems.append(f"{name}: the bf16 phase trains the GPU's device only, cpu where none is visible")
+        continue
+    if c.get("reference") is None:  # a reference is judged by nothing: its verdict says so
         want = ("reference",)
     else:
         want = ("equal", "differs", "unsupported")
@@ -54,6 +55,8 @@ for name, c in bf16.items():
         problems.append(f"{name}: expected one of {want} under bf16, got {c.get('verdict')!r}")
 if not any(c["precision"] == "bf16" for c in bf16.values()):
     problems.append("the bf16 phase judged no bf16 configuration")
+if any(c.get("repeats", 1) != 1 for c in bf16.values() if c.get("status") == "ran"):
+    problems.append("the bf16 phase trains 1 repeat a configuration")
 for name, c in configs.items():
     if c["device"] == "cuda":
         if c.get("verdict") != "not run" or "no GPU is visible" not in c.get("reason", ""):

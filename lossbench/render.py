@@ -302,7 +302,9 @@ def markdown(params, res, images):
     if res.cross:
         lines += ["### Across devices", "",
                   ("Rule `envelope`: within " f"{rp.envelope.multiplier:g}x the larger of the two devices' rounding "
-                   "noise of the loss's reference; rule `fixed` (where a device has no ensemble): "
+                   "noise of the loss's reference, for a loss equal to its reference on both devices; rule `fixed` "
+                   "(a loss that differs from its reference, whose trajectory that noise does not describe, or where a "
+                   "device has no ensemble): "
                    f"{rp.cross_device.atol:g} + {rp.cross_device.rtol:g} * |ref|."), "",
                   pd.DataFrame([{"loss pair": k, **v} for k, v in res.cross.items()]).to_markdown(index=False), ""]
     timed = {key: r for key, r in res.configs.items() if "phases_ms" in r}

@@ -327,6 +327,21 @@ def test_reading_params_judging_and_comparing_import_no_torch():
     assert out.stdout.strip() == "False"
 
 
+def drift(work, loss, step, by):
+    """The cuda device drifts by ``by`` at ``step``: the loss, its reference torch_mse and the reference's noise
+    ensemble alike (the ensemble moved with it: its noise is unchanged), so on cuda the loss still equals its
+    reference while cuda vs cpu moved."""
+    def f(s):
+        s.loc[s["global_step"] == step, "loss"] += by
+    for name in {loss, "torch_mse"}:
+        edit_steps(work, f"{name}-cuda-fp32-eager", f)
+    path = work / "runs" / "torch_mse-cuda-fp32-eager" / "envelope.csv"
+    env = pd.read_csv(path)
+    members = [c for c in env.columns if c.startswith("member_")]
+    env.loc[env["global_step"] == step, members] += by
+    env.to_csv(path, index=False)
+
+
 def test_across_devices_each_loss_is_judged_by_both_devices_noise(work):
     """A second device made from the first: a rounding-sized difference passes, a larger one fails, by the noise."""
     for loss in LOSSES:
@@ -338,19 +353,48 @@ def test_across_devices_each_loss_is_judged_by_both_devices_noise(work):
     ref = verdict.load_run(work / "runs" / "torch_mse-cpu-fp32-eager", Configuration("torch_mse", "cpu"))
     level = evidence.noise(ref.members, ref.losses(), load_params(work / "params.yaml").report.envelope.floor_ulps)
 
-    def shift(by):
-        def f(s):
-            s.loc[s["global_step"] == 10, "loss"] += by
-        return f
-    edit_steps(work, "numpy_mse-cuda-fp32-eager", shift(level[9]))  # half of 2x the noise at step 10: inside
+    drift(work, "numpy_mse", 10, level[9])  # half of 2x the noise at step 10: inside
     res = evaluate(work)
     assert res.cross["numpy_mse-cpu-fp32-eager vs numpy_mse-cuda-fp32-eager"]["noise_used"] == pytest.approx(0.5, rel=0.2)
     assert res.cross["numpy_mse-cpu-fp32-eager vs numpy_mse-cuda-fp32-eager"]["passed"], res.cross["numpy_mse-cpu-fp32-eager vs numpy_mse-cuda-fp32-eager"]
-    edit_steps(work, "numpy_mse-cuda-fp32-eager", shift(1e-2))
+    drift(work, "numpy_mse", 10, 1e-2)
     res = evaluate(work)
+    assert res.configs["numpy_mse-cuda-fp32-eager"]["verdict"] == "equal"  # on cuda it still follows its reference
     assert not res.cross["numpy_mse-cpu-fp32-eager vs numpy_mse-cuda-fp32-eager"]["passed"]
     assert any(f.startswith("numpy_mse-cuda-fp32-eager vs numpy_mse-cpu-fp32-eager: first broken at global step 10: |diff| ") and
                f.endswith("(both devices' noise, the larger)") for f in res.failures)
+
+
+def test_across_devices_a_loss_that_differs_from_its_reference_is_judged_by_the_fixed_rule(work):
+    """The H100 run's finding (docs/gpu/2026-11-26-h100-run3): wrong_backward's CPU vs CUDA drift was 3.1x its
+    reference's noise, a noise measured on the reference's trajectory, which a loss that differs does not follow.
+    Such a pair is judged by report.cross_device; a loss equal to its reference stays on the noise rule."""
+    for loss in LOSSES:
+        shutil.rmtree(work / "runs" / f"{loss}-cuda-fp32-eager")
+        shutil.copytree(work / "runs" / f"{loss}-cpu-fp32-eager", work / "runs" / f"{loss}-cuda-fp32-eager")
+    ref = verdict.load_run(work / "runs" / "torch_mse-cpu-fp32-eager", Configuration("torch_mse", "cpu"))
+    params = load_params(work / "params.yaml")
+    level = evidence.noise(ref.members, ref.losses(), params.report.envelope.floor_ulps)
+    by = 5 * params.report.envelope.multiplier * level[9]  # 5x the noise bound at step 10
+    assert by < params.report.cross_device.atol  # and inside the fixed tolerance, as the H100's 1.0e-5 was
+
+    def shift(amount):
+        def f(s):
+            s.loc[s["global_step"] == 10, "loss"] += amount
+        return f
+    edit_steps(work, "wrong_backward-cuda-fp32-eager", shift(by))
+    drift(work, "numpy_mse", 10, by)
+    res = evaluate(work)
+    differs = res.cross["wrong_backward-cpu-fp32-eager vs wrong_backward-cuda-fp32-eager"]
+    equal = res.cross["numpy_mse-cpu-fp32-eager vs numpy_mse-cuda-fp32-eager"]
+    assert differs["rule"] == "fixed (differs from its reference)" and differs["passed"], differs
+    assert equal["rule"] == "envelope" and not equal["passed"], equal  # the same shift, 5x its noise: fails
+    assert not any(f.startswith("wrong_backward-cuda") for f in res.failures), res.failures
+    edit_steps(work, "wrong_backward-cuda-fp32-eager", shift(1e-3))  # beyond the fixed tolerance: fails
+    res = evaluate(work)
+    assert not res.cross["wrong_backward-cpu-fp32-eager vs wrong_backward-cuda-fp32-eager"]["passed"]
+    assert any(f.startswith("wrong_backward-cuda-fp32-eager vs wrong_backward-cpu-fp32-eager: first broken at global "
+                            "step 10") for f in res.failures), res.failures
 
 
 def test_the_float64_diagnostic_is_shown_and_the_pictures_draw_the_noise_bound(work):
