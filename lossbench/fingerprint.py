@@ -17,11 +17,13 @@ import shutil
 import sys
 from pathlib import Path
 
+from lossbench import warm
 from lossbench.files import sha256
 
 # not code a check runs: outputs, environments, the tests
 SKIP_DIRS = {"results", "data", "reports", "tests", "docs", "__pycache__", "venv", "site-packages", "node_modules"}
 ENV_PREFIXES = ("LOSSBENCH_", "CUDA_", "NVIDIA_", "OMP_", "MKL_", "TORCH", "PYTORCH_")
+NOT_READ_BY_A_CHECK = (warm.SWITCH, warm.DIR)  # where a stage runs (lossbench.warm), not what it finds
 COMPILERS = ("g++", "c++", "clang++")
 
 
@@ -75,5 +77,6 @@ def of(params_path, devices, machine, root, outside=()):
         "packages": sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()),
         "host": host(),
         "compilers": {c: shutil.which(c) for c in (os.environ.get("CXX"), *COMPILERS) if c},
-        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)},
+        "env": {k: v for k, v in sorted(os.environ.items())
+                if k.startswith(ENV_PREFIXES) and k not in NOT_READ_BY_A_CHECK},
     }

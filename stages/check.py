@@ -100,7 +100,11 @@ def main_check(params_path, devices, out):
 def checked(params_path, params, devices, machine, preflight_cache):
     """({Configuration: check record}, the lines it printed, the devices that run here): every loss imported,
     pre-flighted on each device that can run here, under each setting."""
-    # torch (~3 s to import) only here, when something the check depends on changed
+    # torch (~3 s to import) only here, when something the check depends on changed; the train stages after it
+    # will want it too: a warm process for them (lossbench.warm), importing it meanwhile
+    from lossbench import warm
+
+    warm.start()
     from lossbench import gpu, host
     from lossbench.losses import resolve
     from lossbench.preflight import check, source

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
+from lossbench import warm
 from stages import download
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +42,17 @@ def gzip_dir(raw, dst):
         (dst / f"{name}.gz").write_bytes(gzip.compress(data))
         digests[name] = hashlib.sha256(data).hexdigest()
     return digests
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_servers(tmp_path_factory):
+    """The tests' warm processes (lossbench.warm) in a folder of their own, each ended when the tests end: none
+    outlives the session, and none of a user's is used."""
+    folder = tmp_path_factory.mktemp("warm")
+    os.environ[warm.DIR] = str(folder)
+    yield folder
+    for path in folder.glob("*.sock"):
+        warm.stop(path)
 
 
 @pytest.fixture(scope="session")
@@ -127,7 +139,8 @@ def reduced_project(dst, mirror, **train):
         p["train"].update({**REDUCED, **train})
         p["cost"].update(rounds=3, steps=2, warmup_steps=1)
     edit_params(root / "params.yaml", reduce)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOSSBENCH_")}, "MNIST_MIRROR": str(mirror),
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOSSBENCH_") or k == warm.DIR},
+           "MNIST_MIRROR": str(mirror),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     return root, env
 
