@@ -60,10 +60,16 @@ def sockets(env=os.environ):
 
 
 def address(env=os.environ):
-    return sockets(env) / f"{key(env)}.sock"
+    """This environment's socket; None where no folder for it can be made (then every stage runs on its own)."""
+    try:
+        return sockets(env) / f"{key(env)}.sock"
+    except OSError:
+        return None
 
 
 def _connect(path):
+    if path is None:
+        return None
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.connect(str(path))
@@ -79,7 +85,7 @@ def start():
         return
     path = address()
     probe = _connect(path)
-    if probe is not None:
+    if path is None or probe is not None:
         probe.close()
         return
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the server imports no project code
