@@ -179,9 +179,12 @@ class Params(Strict):
     def _every_loss_resolves(self):
         for name in self.train.losses:
             if name not in self.losses and name not in REGISTRY and not USER_LOSS.match(name):
-                raise ValueError(f"train.losses: unknown loss {name!r}: expected {FN_HELP}, or a name "
-                                 f"defined under losses: (registered: {sorted(REGISTRY)}; "
-                                 f"defined: {sorted(self.losses)})")
+                known = sorted({*REGISTRY, *self.losses})
+                near = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+                raise ValueError(f"train.losses: unknown loss {name!r}: " + (
+                    f"did you mean {near[0]!r}?" if near else
+                    f"expected {FN_HELP}, or a name defined under losses: (registered: {sorted(REGISTRY)}; "
+                    f"defined: {sorted(self.losses)})"))
         for name, d in self.losses.items():  # defined, trained or not: a typo is caught now
             if d.reference and not (d.reference in self.losses or d.reference in REGISTRY
                                     or d.reference in self.train.losses):

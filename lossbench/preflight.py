@@ -6,7 +6,9 @@ backward must run and give finite gradients. ``source`` says where a loss's code
 lives, so that DVC re-runs a configuration exactly when that code changes.
 """
 
+import ast
 import importlib.metadata
+import importlib.util
 import inspect
 import sys
 from pathlib import Path
@@ -86,17 +88,47 @@ def _local(path, root):
     return p.is_relative_to(root) and "site-packages" not in p.parts
 
 
+def _imported(module):
+    """The modules ``module``'s file imports anywhere in it (a function's own imports too), those already loaded:
+    importing the loss loaded its top-level ones."""
+    try:
+        tree = ast.parse(Path(module.__file__).read_text())
+    except (OSError, SyntaxError, TypeError):
+        return []
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            try:
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), module.__package__) \
+                    if node.level else node.module
+            except (ImportError, ValueError):
+                continue
+            names |= {base} | {f"{base}.{a.name}" for a in node.names}  # `from pkg import helper`: a module
+    return [sys.modules[n] for n in sorted(names) if n in sys.modules]
+
+
 def source(fn, root=ROOT):
     """Where a loss's code lives: the repository files it comes from (with digests), or its package's version."""
     if fn in REGISTRY:
         return {"registered": "lossbench/losses.py"}
     root = Path(root).resolve()
     module = sys.modules[fn.split(":")[0]]
-    # the module's own file, and the repository modules it uses directly (a helper next to it)
+    # the module's own file, and the repository modules it uses directly (a helper next to it) or imports, and
+    # theirs in turn: `from losses.helper import SCALE` names a float, which says nothing of where it came from
     mods = {module} | {v if isinstance(v, ModuleType) else sys.modules.get(getattr(v, "__module__", "") or "")
                        for v in vars(module).values()}
-    files = sorted({str(Path(m.__file__).resolve().relative_to(root)) for m in mods
-                    if getattr(m, "__file__", None) and _local(m.__file__, root)})
+    files = {str(Path(m.__file__).resolve().relative_to(root)) for m in mods
+             if getattr(m, "__file__", None) and _local(m.__file__, root)}
+    todo = [module]
+    while todo:
+        for m in _imported(todo.pop()):
+            f = getattr(m, "__file__", None)
+            if f and _local(f, root) and (rel := str(Path(f).resolve().relative_to(root))) not in files:
+                files.add(rel)
+                todo.append(m)
+    files = sorted(files)
     if files:
         return {"files": {f: sha256(root / f) for f in files}}
     top = module.__name__.split(".")[0]

@@ -14,9 +14,11 @@ line saying what to do.
 
 import argparse
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,16 +43,27 @@ def sh(*cmd, what=None):
 
 
 def dvc_repro(*args):
-    """`dvc repro`, its output shown as it runs; its exit status (its log says why).
+    """`dvc repro`, its output shown as it runs; its exit status, or the failed stage's own where DVC names it
+    (DVC exits 255 for any failed stage: the report's 1 and the check's 2 and 3 are what the README promises).
 
     DVC ends every repro that ran something with "Use `dvc push` ...": here `make push`
     is what shares results (it pushes this machine's only), so that line is left out.
     """
-    proc = subprocess.Popen(["dvc", "repro", *args], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(["dvc", "repro", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    failed = []
+
+    def errors():  # the stages' and DVC's messages, as they come, on stderr still
+        for line in proc.stderr:
+            print(line, end="", file=sys.stderr, flush=True)
+            failed.extend(int(n) for n in re.findall(r"failed to run: .*, exited with (\d+)$", line.rstrip()))
+    reader = threading.Thread(target=errors)
+    reader.start()
     for line in proc.stdout:
         if not line.startswith("Use `dvc push`"):
             print(line, end="", flush=True)
-    return proc.wait()
+    reader.join()
+    rc = proc.wait()
+    return failed[-1] if rc != 0 and failed and failed[-1] != 0 else rc
 
 
 def repro(extra):

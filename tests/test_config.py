@@ -36,6 +36,8 @@ def test_repo_params_load():
 @pytest.mark.parametrize("key, value, message", [
     ("train.losses", ["torch_mse", "nope"], r"train.losses: unknown loss 'nope': expected a registered loss or "
                                             r"'package.module:attr', or a name defined under losses:"),
+    ("train.losses", ["torch_mse", "numpy_mes"], r"train.losses: unknown loss 'numpy_mes': did you mean 'numpy_mse'\?$"),
+    ("train.losses", ["torch_mse", "numpy_hubr"], r"train.losses: unknown loss 'numpy_hubr': did you mean 'numpy_huber'\?$"),
     ("train.devices", ["cpu", "tpu"], r"train.devices.1: expected 'cpu' or 'cuda' \(got 'tpu'\)"),
     ("train.epochs", 0, r"train.epochs: expected greater than 0 \(got 0\)"),
     ("train.batch_size", -1, r"train.batch_size: expected greater than 0 \(got -1\)"),

@@ -287,6 +287,25 @@ def test_source_of_a_loss():
     assert source("torch.nn:HuberLoss") == {"package": "torch", "version": importlib.metadata.version("torch")}
 
 
+def test_a_losss_source_holds_the_helpers_it_imports_a_constant_from_and_theirs(tmp_path, monkeypatch):
+    """The new user's finding: `from losses.myhelper import SCALE` (a float: no __module__ to follow) went
+    unseen, so editing SCALE re-trained nothing and the report stayed PASS."""
+    pkg = tmp_path / "userlosses_zz"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "consts.py").write_text("from .deeper import BASE\nSCALE = BASE * 1.0\n")
+    (pkg / "deeper.py").write_text("BASE = 1.0\n")
+    (pkg / "mine.py").write_text("import torch\nfrom userlosses_zz.consts import SCALE\n\n\n"
+                                 "def mse(input, target):\n    return SCALE * ((input - target) ** 2).mean()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    build("userlosses_zz.mine:mse")
+    files = source("userlosses_zz.mine:mse", root=tmp_path)["files"]
+    assert sorted(files) == ["userlosses_zz/consts.py", "userlosses_zz/deeper.py", "userlosses_zz/mine.py"]
+    before = files["userlosses_zz/deeper.py"]
+    (pkg / "deeper.py").write_text("BASE = 2.0\n")  # an edit two imports away changes the loss's source
+    assert source("userlosses_zz.mine:mse", root=tmp_path)["files"]["userlosses_zz/deeper.py"] != before
+
+
 def test_an_import_that_fails_inside_a_users_module_names_its_file_and_line(tmp_path, monkeypatch):
     from lossbench.errors import UserError
     from lossbench.losses import import_fn

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lossbench import warm
-from tests.conftest import reduced_project, repro, stages_ran
+from tests.conftest import edit_params, reduced_project, repro, stages_ran
 
 LOSSES = ["torch_mse", "numpy_mse", "wrong_backward"]
 
@@ -37,6 +37,18 @@ def test_make_repro_on_a_reduced_params_set_judges_and_then_reruns_only_the_chec
     edited = repro(root, env)  # a loss file of the project changed: the check runs in full (no loss of it trains)
     assert edited.returncode == 0 and stages_ran(edited.stdout) == ["check"], edited.stdout + edited.stderr
     assert "check: 3 losses imported, pre-flighted on cpu (" in edited.stderr
+
+    # a failed stage's own exit status, not DVC's 255 for any (README: a failing report exits 1, the check 2)
+    def expect_wrong_equal(p):
+        p["losses"]["twice"] = {"fn": "wrong_backward", "expect": "equal"}
+        p["train"]["losses"].append("twice")
+    edit_params(root / "params.yaml", expect_wrong_equal)
+    failing = repro(root, env)
+    assert failing.returncode == 1, failing.stdout + failing.stderr
+    assert "twice-cpu-fp32-eager: expected equal to torch_mse" in failing.stderr
+    edit_params(root / "params.yaml", lambda p: p["losses"]["twice"].update(fn="losses.nosuch_zz:f"))
+    broken = repro(root, env)
+    assert broken.returncode == 2 and "cannot import module 'losses.nosuch_zz'" in broken.stderr, broken.stderr
 
 
 def test_make_repros_command_passes_dvcs_options_on(monkeypatch):
