@@ -236,9 +236,12 @@ def serve(path):
             if request.get("stop"):  # answered by closing, once the socket is gone
                 stopping = conn
                 break
-            if os.fork() == 0:
-                lock.close()
-                _child(conn, request, fds, base_path)
+            if os.fork() == 0:  # never back into this loop, whatever happens in the child
+                try:
+                    lock.close()
+                    _child(conn, request, fds, base_path)
+                finally:
+                    os._exit(1)
             for fd in fds:
                 os.close(fd)
             conn.close()
