@@ -12,8 +12,9 @@ that need torch run as ``python -m lossbench.warm <module> <args>``:
 - the client sends its argv, working directory, environment and stdin/stdout/stderr; the server forks, the
   child becomes that process (``runpy``, as ``python -m``) and sends back its exit status, which the client
   exits with; SIGINT and SIGTERM are passed on, and a child whose client is gone stops;
-- without a server, the client runs the module itself, as ``python -m`` would. A stage about to import
-  torch calls ``start()``, which starts the server in the background for the stages after it;
+- without a server, the client runs the module itself, as ``python -m`` would, and starts one in the
+  background for the stages after it; ``--no-start`` does not (the check, which needs torch only when
+  something changed, calls ``start()`` itself then);
 - the server exits after ``IDLE`` seconds without a request; ``python -m lossbench.warm --stop`` ends it
   now. ``LOSSBENCH_WARM=0`` turns all of it off; so does a visible NVIDIA GPU (CUDA cannot be used in a
   process forked from one that touched it, and this was not tried on a GPU).
@@ -113,10 +114,13 @@ def _receive(conn, fds=0):
     return json.loads(data), received
 
 
-def client(argv):
-    """Run ``python -m argv[0] argv[1:]`` in a child of the warm server, or here when none runs."""
+def client(argv, start_one=True):
+    """Run ``python -m argv[0] argv[1:]`` in a child of the warm server, or here when none runs (then, with
+    ``start_one``, start one for the next)."""
     conn = _connect(address()) if enabled() else None
     if conn is None:
+        if start_one:
+            start()
         return _run_module(argv)
     with conn:
         try:
@@ -271,10 +275,12 @@ def main(argv=None):
     if argv[:1] == ["--stop"]:
         print(f"warm: {'stopped the server' if stop() else 'no server ran'} ({address()})", file=sys.stderr)
         return 0
+    start_one = argv[:1] != ["--no-start"]
+    argv = argv if start_one else argv[1:]
     if not argv or argv[0].startswith("-"):
-        print("usage: python -m lossbench.warm MODULE [ARGS...] | --stop", file=sys.stderr)
+        print("usage: python -m lossbench.warm [--no-start] MODULE [ARGS...] | --stop", file=sys.stderr)
         return 2
-    return client(argv)
+    return client(argv, start_one)
 
 
 if __name__ == "__main__":

@@ -44,9 +44,6 @@ def train_stage(check_path, params_path, root, out):
                                       "dtypes": check["dtypes"]})
         print(f"train: {check['config']}: not trained: {check['unsupported']['message']}", file=sys.stderr)
         return
-    from lossbench import warm
-
-    warm.start()  # for the train stages after this one, when this one imports torch itself
     from lossbench import determinism, problems
     from lossbench.engine import RunError
     from lossbench.losses import resolve

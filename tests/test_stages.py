@@ -43,8 +43,9 @@ def stages():
     for path, base in ((ROOT / "stages" / "pipeline.yaml", "../../"), (ROOT / "dvc.yaml", "")):
         for name, stage in yaml.safe_load(path.read_text())["stages"].items():
             module = stage["cmd"].split("python -m ", 1)[1].split()[0]
-            if module == "lossbench.warm":  # the stage's own module runs in the warm process: its code and warm's
-                module = stage["cmd"].split("python -m lossbench.warm ", 1)[1].split()[0]
+            if module == "lossbench.warm":  # the stage's own module runs in the warm process (warm's options first)
+                module = next(w for w in stage["cmd"].split("python -m lossbench.warm ", 1)[1].split()
+                              if not w.startswith("-"))
             deps = {d.removeprefix(base) for d in stage.get("deps", []) if d.endswith(".py")}
             yield pytest.param(module, deps, stage.get("always_changed", False), id=f"{path.name}:{name}")
 

@@ -33,9 +33,10 @@ def tree(tmp_path, monkeypatch):
     warm.stop()
 
 
-def call(tree, *args, env=None, stdin="line\n"):
+def call(tree, *args, env=None, stdin="line\n", start=False):
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tree}", "PROBE": "given", **(env or {})}
-    p = subprocess.Popen([sys.executable, "-m", "lossbench.warm", "probe", *args], cwd=tree, env=env, text=True,
+    options = [] if start else ["--no-start"]
+    p = subprocess.Popen([sys.executable, "-m", "lossbench.warm", *options, "probe", *args], cwd=tree, env=env, text=True,
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = p.communicate(stdin, timeout=60)
     return p.pid, p.returncode, out, err
@@ -44,6 +45,10 @@ def call(tree, *args, env=None, stdin="line\n"):
 def started(tree):
     """Start the server and wait until it answers (it imports torch first)."""
     warm.start()
+    answers()
+
+
+def answers():
     for _ in range(600):
         conn = warm._connect(warm.address())
         if conn is not None:
@@ -53,11 +58,17 @@ def started(tree):
     raise AssertionError("the warm server did not start")
 
 
-def test_without_a_server_the_module_runs_in_the_callers_process(tree):
-    pid, code, out, err = call(tree, "7")
+def test_without_a_server_the_module_runs_in_the_callers_process_and_starts_one_for_the_next(tree):
+    pid, code, out, err = call(tree, "7")  # --no-start (the check's): none is started
     assert code == 7 and err == "to stderr\n"
     assert out.split() == ["pid", str(pid), "cwd", str(tree), "args", "['7']", "torch", "False", "env", "given",
                            "version", "1", "stdin", "line"]
+    assert not warm.address().exists()
+    pid, code, out, _ = call(tree, "3", start=True)  # a train stage's: here, and a server for the next one
+    assert code == 3 and out.split()[1] == str(pid)
+    answers()
+    pid, code, out, _ = call(tree, "3")
+    assert code == 3 and out.split()[1] != str(pid) and "torch True" in out
 
 
 def test_with_a_server_the_module_runs_in_a_child_that_holds_torch_and_the_callers_files(tree):
