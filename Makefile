@@ -26,7 +26,7 @@ overview: $(STAMP)  ## the overview over every machine's committed report (train
 test: $(STAMP)  ## the fast tier (~1 min): every unit, the check, evidence, report, compare, one small make repro
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-rest: $(STAMP)  ## the slow tier alone (~8 min): the full pipeline on real MNIST, many machines, the golden
+test-rest: $(STAMP)  ## the slow tier alone (~7 min): the full pipeline on real MNIST, many machines, the golden
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 test-all: $(STAMP)  ## both tiers: every test
