@@ -90,7 +90,9 @@ if asked repro; then
 fi
 
 # make bench's measurements, on cuda where a GPU is visible (the CPU form of this script, in CI, benches cpu).
-GPU=$(python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+if asked bench || asked bf16; then  # one more torch import: only for the phases that need the device
+    GPU=$(python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+fi
 BENCH_RC=0
 if asked bench; then
     BENCH_DEVICE=${BENCH_DEVICE:-$GPU}

@@ -119,15 +119,13 @@ def source(fn, root=ROOT):
     # theirs in turn: `from losses.helper import SCALE` names a float, which says nothing of where it came from
     mods = {module} | {v if isinstance(v, ModuleType) else sys.modules.get(getattr(v, "__module__", "") or "")
                        for v in vars(module).values()}
-    files = {str(Path(m.__file__).resolve().relative_to(root)) for m in mods
-             if getattr(m, "__file__", None) and _local(m.__file__, root)}
-    todo = [module]
-    while todo:
-        for m in _imported(todo.pop()):
-            f = getattr(m, "__file__", None)
-            if f and _local(f, root) and (rel := str(Path(f).resolve().relative_to(root))) not in files:
-                files.add(rel)
-                todo.append(m)
+    files, todo = set(), list(mods)
+    while todo:  # each local module once, then the modules it imports
+        m = todo.pop()
+        f = getattr(m, "__file__", None)
+        if f and _local(f, root) and (rel := str(Path(f).resolve().relative_to(root))) not in files:
+            files.add(rel)
+            todo += _imported(m)
     files = sorted(files)
     if files:
         return {"files": {f: sha256(root / f) for f in files}}

@@ -80,13 +80,14 @@ def _connect(path):
         return None
 
 
-def start():
-    """Start this environment's server in the background unless one runs; never waits for it."""
-    if not enabled():
+def start(path=None):
+    """Start this environment's server (at ``path``, default its address) in the background unless one runs
+    there; never waits for it."""
+    path = path or address()
+    if not enabled() or path is None:  # off, or no folder for its socket
         return
-    path = address()
     probe = _connect(path)
-    if path is None or probe is not None:
+    if probe is not None:
         probe.close()
         return
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the server imports no project code
@@ -117,10 +118,11 @@ def _receive(conn, fds=0):
 def client(argv, start_one=True):
     """Run ``python -m argv[0] argv[1:]`` in a child of the warm server, or here when none runs (then, with
     ``start_one``, start one for the next)."""
-    conn = _connect(address()) if enabled() else None
+    path = address() if enabled() else None
+    conn = _connect(path)
     if conn is None:
         if start_one:
-            start()
+            start(path)
         return _run_module(argv)
     with conn:
         try:

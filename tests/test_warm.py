@@ -105,5 +105,6 @@ def test_a_signal_to_the_caller_reaches_the_child_and_stop_ends_the_server(tree)
 def test_where_no_socket_folder_can_be_made_the_module_runs_in_the_callers_process(tree):
     blocked = tree / "a-file"
     blocked.write_text("not a folder")
-    pid, code, out, _ = call(tree, "4", env={warm.DIR: str(blocked / "sockets")})
-    assert code == 4 and out.split()[1] == str(pid)
+    for start in (False, True):  # a train stage's call would start a server: there is nowhere to put one
+        pid, code, out, err = call(tree, "4", env={warm.DIR: str(blocked / "sockets")}, start=start)
+        assert code == 4 and out.split()[1] == str(pid) and err == "to stderr\n", (out, err)
