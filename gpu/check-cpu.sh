@@ -3,7 +3,8 @@
 # A clean virtual environment is given what a lent GPU machine's python has (gpu/host-provides.txt, at our
 # pins), then gpu/pack.sh's wheels for its Python, and gpu/run.sh runs in a fresh clone of this checkout.
 # Asserts: what travels fits a device call (pack.sh), the carried wheels installed, the cpu configurations
-# ran and passed, every cuda one is *not run* with its reason, and the bench ran.
+# ran and passed, every cuda one is *not run* with its reason, the bench ran, and the bf16 and compile phases
+# judged their configurations.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -27,7 +28,7 @@ bash gpu/pack.sh "$PYVER" 2> >(grep -v '^WARNING: Location' >&2)
 
 echo "gpu-check: gpu/run.sh, CPU form"
 rc=0
-OUT="$WORK/out" LOSSBENCH_MACHINE=gpu PYTHON="$WORK/host/bin/python" BENCH_TIMEOUT=300 REPRO_TIMEOUT=900 BF16_TIMEOUT=600 \
+OUT="$WORK/out" LOSSBENCH_MACHINE=gpu PYTHON="$WORK/host/bin/python" BENCH_TIMEOUT=300 REPRO_TIMEOUT=900 BF16_TIMEOUT=600 COMPILE_TIMEOUT=900 \
     bash gpu/run.sh || rc=$?
 mkdir "$WORK/back" && cat "$WORK"/out/gpu-run.tar.gz* | tar xz -C "$WORK/back"
 "$WORK/host/bin/python" - "$WORK/back" "$rc" <<'PYEOF'
@@ -40,23 +41,24 @@ if "dvc-" not in installed:
     problems.append("the carried dvc wheel was not installed")
 summary = json.loads((back / "gpu-log/report-fp32/summary.json").read_text())  # the fp32 defaults' report
 configs = summary["configs"]
-bf16 = json.loads((back / "gpu-log/report-bf16/summary.json").read_text())["configs"]  # then bf16, on cpu here
-for name, c in bf16.items():
-    if c["precision"] != "bf16":
-        continue
-    if c["device"] == "cuda":
-        problems.append(f"{name}: the bf16 phase trains the GPU's device only, cpu where none is visible")
-        continue
-    if c.get("reference") is None:  # a reference is judged by nothing: its verdict says so
-        want = ("reference",)
-    else:
-        want = ("equal", "differs", "unsupported")
-    if c.get("verdict") not in want:
-        problems.append(f"{name}: expected one of {want} under bf16, got {c.get('verdict')!r}")
-if not any(c["precision"] == "bf16" for c in bf16.values()):
-    problems.append("the bf16 phase judged no bf16 configuration")
-if any(c.get("repeats", 1) != 1 for c in bf16.values() if c.get("status") == "ran"):
-    problems.append("the bf16 phase trains 1 repeat a configuration")
+for setting, key, value in (("bf16", "precision", "bf16"), ("compile", "mode", "compiled")):  # then, on cpu here
+    judged = json.loads((back / f"gpu-log/report-{setting}/summary.json").read_text())["configs"]
+    for name, c in judged.items():
+        if c[key] != value:
+            continue
+        if c["device"] == "cuda":
+            problems.append(f"{name}: the {setting} phase trains the GPU's device only, cpu where none is visible")
+            continue
+        if c.get("reference") is None:  # a reference is judged by nothing: its verdict says so
+            want = ("reference",)
+        else:
+            want = ("equal", "differs", "unsupported")
+        if c.get("verdict") not in want:
+            problems.append(f"{name}: expected one of {want} under {setting}, got {c.get('verdict')!r}")
+    if not any(c[key] == value for c in judged.values()):
+        problems.append(f"the {setting} phase judged no {value} configuration")
+    if any(c.get("repeats", 1) != 1 for c in judged.values() if c.get("status") == "ran"):
+        problems.append(f"the {setting} phase trains 1 repeat a configuration")
 for name, c in configs.items():
     if c["device"] == "cuda":
         if c.get("verdict") != "not run" or "no GPU is visible" not in c.get("reason", ""):

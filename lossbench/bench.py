@@ -35,11 +35,13 @@ from lossbench.timing import interleaved
 
 
 def time_loader(loader, spec, root, device, p):
-    """One seeded training run; its losses and where its wall time went."""
+    """One seeded training run; its losses and where its wall time went. ``graphed``: preloaded, the model's
+    forward and backward as CUDA graphs (lossbench.engine.GraphedForward)."""
+    graphed = loader == "graphed"
     t0 = time.perf_counter()
-    batches, _ = task.batches(loader, root, device, p.batch_size)
+    batches, _ = task.batches("preloaded" if graphed else loader, root, device, p.batch_size)
     t1 = time.perf_counter()
-    steps, info = training.run_once(spec.make, batches, device, p.epochs, p.lr, p.seed, loader)
+    steps, info = training.run_once(spec.make, batches, device, p.epochs, p.lr, p.seed, loader, graphed=graphed)
     t2 = time.perf_counter()
     s = steps["seconds"].to_numpy()
     med = float(np.median(s[p.warmup_steps:]))
@@ -56,16 +58,29 @@ def time_loader(loader, spec, root, device, p):
 
 
 def data_paths(params, root, device, loss, rounds):
+    """Each path's wall times over ``rounds``, the preloaded runs' breakdowns, and per path other than the tutorial's
+    whether its losses are bitwise the tutorial's. On CUDA a third path, ``graphed``, is measured beside them: not
+    yet what the pipeline runs (it has not run on a GPU); one that fails there is named, with its error."""
     spec = resolve(loss, loss, {})
     times, parts, losses = {"dataloader": [], "preloaded": []}, [], {}
+    if device == "cuda":
+        times["graphed"] = []
     for r in range(rounds):
-        for loader in times:
-            seconds, p, losses[loader] = time_loader(loader, spec, root, device, params)
+        for loader in list(times):
+            try:
+                seconds, p, losses[loader] = time_loader(loader, spec, root, device, params)
+            except RuntimeError as e:  # CUDA's graph capture (graphed only): the measurement is lost, not the bench
+                if loader != "graphed":
+                    raise
+                print(f"bench: graphed: failed: {e}".splitlines()[0], file=sys.stderr)
+                del times[loader]
+                continue
             times[loader].append(seconds)
             if loader == "preloaded":
                 parts.append(p)
             print(f"bench: round {r + 1}: {loader:10s} {seconds:7.2f} s", file=sys.stderr)
-    return times, parts, np.array_equal(losses["dataloader"], losses["preloaded"])
+    identical = {k: np.array_equal(losses["dataloader"], losses[k]) for k in times if k != "dataloader"}
+    return times, parts, identical
 
 
 def print_data_paths(times, parts, identical, loss, device, params):
@@ -76,7 +91,13 @@ def print_data_paths(times, parts, identical, loss, device, params):
     print(f"  dataloader (tutorial loop): {np.median(dl):7.2f} s  [{dl.min():.2f}, {dl.max():.2f}]")
     print(f"  preloaded (default):        {np.median(pre):7.2f} s  [{pre.min():.2f}, {pre.max():.2f}]")
     print(f"  speed-up: {np.median(ratios):.2f}x [{ratios.min():.2f}, {ratios.max():.2f}] (median [min, max] "
-          f"over rounds); losses bitwise identical: {identical}")
+          f"over rounds); losses bitwise identical: {identical['preloaded']}")
+    if "graphed" in times:  # measured beside them, CUDA only
+        g = np.asarray(times["graphed"])
+        r = dl / g
+        print(f"  graphed (preloaded, the model's forward and backward as CUDA graphs): {np.median(g):.2f} s "
+              f"[{g.min():.2f}, {g.max():.2f}]; speed-up {np.median(r):.2f}x [{r.min():.2f}, {r.max():.2f}]; "
+              f"losses bitwise identical: {identical['graphed']}")
     print("## Where the preloaded run's time goes (mean over rounds)")
     mean = {name: float(np.mean([p[name] for p in parts])) for name in parts[0]}
     own = mean["steps' own work (n x median)"]
@@ -308,7 +329,7 @@ def main(argv=None):
                     subprocess.run(["git", "worktree", "remove", "--force", before], check=False)
         for k, m in found.items():
             print_inner(k, m)
-    if not identical:
+    if not identical["preloaded"]:
         sys.exit("bench: the two data paths gave different losses")
 
 

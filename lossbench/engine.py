@@ -94,6 +94,26 @@ def _name(dtype):
     return str(dtype).removeprefix("torch.")
 
 
+class GraphedForward:
+    """The model's forward and backward as CUDA graphs (``torch.cuda.make_graphed_callables``), captured at the
+    first batch and replayed for every batch of its shape; a batch of another shape (an epoch's short last one)
+    runs eagerly. The same kernels in the same order as eager, launched as two graphs instead of one by one: on
+    CUDA the tutorial's step is bound by the host's launches (docs/benchmarks.md, fourth CUDA run). Adam and the
+    loss stay eager: a graphed Adam must be ``capturable``, which is not the tutorial's arithmetic."""
+
+    def __init__(self, model):
+        self.model = model
+        self.shape = None
+
+    def __call__(self, x):  # x: (B, 784)
+        if self.shape is None:  # captured from a copy: replays copy each batch into it, never into the data
+            self.shape = x.shape
+            torch.cuda.make_graphed_callables(self.model, (x.clone(),))  # replaces the model's forward
+        if x.shape != self.shape:
+            return type(self.model).forward(self.model, x)  # the class's forward: eager
+        return self.model(x)
+
+
 class Trainer:
     """Seeded model, Adam and the loss on one device; ``step`` is the tutorial's step.
 
@@ -101,7 +121,8 @@ class Trainer:
     ``numpy_calls`` how many NumPy calls its second call made (the first compiles, under ``compiled``).
     """
 
-    def __init__(self, make_loss, device, lr, seed, member=0, dtype=torch.float32, precision="fp32", mode="eager"):
+    def __init__(self, make_loss, device, lr, seed, member=0, dtype=torch.float32, precision="fp32", mode="eager",
+                 graphed=False):
         determinism.seed_everything(seed)
         self.device = device
         self.precision = precision
@@ -118,6 +139,8 @@ class Trainer:
         self.forward = self.model  # self.model stays the module itself: its parameters' names, its weights
         if mode == "compiled":  # the mode: the model and the loss compiled, as users do
             self.forward, self.loss_fn = torch.compile(self.model), torch.compile(self.loss_fn)
+        if graphed:  # make bench on CUDA: the model's forward and backward replayed as CUDA graphs, the loss as it is
+            self.forward = GraphedForward(self.model)
 
     def loss(self, x, where, mark=_no_mark):
         """Forward and loss on ``x`` (B, 784), input and target; the model's output and the loss tensor."""

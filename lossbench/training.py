@@ -37,7 +37,7 @@ def _at(label, epoch, step, global_step):
 
 
 def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=None, member=0, dtype=torch.float32,
-             precision="fp32", mode="eager"):
+             precision="fp32", mode="eager", graphed=False):
     """The tutorial's loop. Returns the steps table and the weights (digests, final tensors).
 
     ``batches()`` yields one epoch of (B, 784) tensors on ``device``. The loss
@@ -46,7 +46,7 @@ def run_once(make_loss, batches, device, epochs, lr, seed, label="", progress=No
     step is timed by the clock's marks around it (CUDA events on CUDA), all
     read once at the end.
     """
-    trainer = Trainer(make_loss, device, lr, seed, member, dtype, precision, mode)
+    trainer = Trainer(make_loss, device, lr, seed, member, dtype, precision, mode, graphed)
     start = weights_digest(trainer.model)
     clock = Clock(device)
     where, values, marks = [], [], []

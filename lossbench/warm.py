@@ -16,8 +16,11 @@ that need torch run as ``python -m lossbench.warm <module> <args>``:
   background for the stages after it; ``--no-start`` does not (the check, which needs torch only when
   something changed, calls ``start()`` itself then);
 - the server exits after ``IDLE`` seconds without a request; ``python -m lossbench.warm --stop`` ends it
-  now. ``LOSSBENCH_WARM=0`` turns all of it off; so does a visible NVIDIA GPU (CUDA cannot be used in a
-  process forked from one that touched it, and this was not tried on a GPU).
+  now. ``LOSSBENCH_WARM=0`` turns all of it off.
+- CUDA: a child initialises CUDA itself, which works only in a process forked from one that never did. So the
+  server's imports ask for devices through NVML (``PYTORCH_NVML_BASED_CUDA_CHECK``), and a server whose imports
+  initialised CUDA anyway serves nobody (each stage then runs on its own). Not yet run on a GPU: gpu/run.sh
+  repeats a failed ``repro`` with ``LOSSBENCH_WARM=0``.
 """
 
 import hashlib
@@ -41,7 +44,13 @@ SHAPES_IMPORT = ("OMP_", "MKL_", "OPENBLAS_", "CUDA_", "NVIDIA_", "TORCH", "PYTO
 
 
 def enabled(env=os.environ):
-    return env.get(SWITCH, "1") != "0" and not any(Path("/dev").glob("nvidia[0-9]*"))
+    return env.get(SWITCH, "1") != "0"
+
+
+def cuda_initialised():
+    """Whether this process initialised CUDA: then no child forked from it can use CUDA."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_initialized()
 
 
 def key(env=os.environ):
@@ -220,15 +229,18 @@ def serve(path):
         return
     lock.listen(64)
     base_path = [p for p in sys.path if p and Path(p).resolve() != Path.cwd().resolve()]
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # torch.cuda.is_available() without initialising CUDA
     for name in PRELOAD:
         try:
             __import__(name)
         except ImportError:
             pass
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reap themselves
     lock.settimeout(IDLE)
     stopping = None
     try:
+        if cuda_initialised():  # no child of this process could use CUDA: serve nobody
+            return
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reap themselves
         while True:
             try:
                 conn, _ = lock.accept()

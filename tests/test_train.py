@@ -187,6 +187,17 @@ def test_byte_table_is_totensors_division():
     assert torch.equal(transforms.ToTensor()(img).flatten(), data.byte_table("cpu"))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: CUDA graphs (gpu/run.sh's bench measures them)")
+def test_graphed_forward_trains_bitwise_as_eager_and_leaves_the_data_alone(synthetic):
+    batches, _ = task.batches("preloaded", synthetic, "cuda", 100)  # 5 batches of 100, then one of 12: eager
+    before = [x.clone() for x in batches()]
+    make = resolve("numpy_mse", "numpy_mse", {}).make
+    eager, _ = training.run_once(make, batches, "cuda", 2, 1e-3, 0)
+    graphed, _ = training.run_once(make, batches, "cuda", 2, 1e-3, 0, graphed=True)
+    assert np.array_equal(eager["loss"].to_numpy(), graphed["loss"].to_numpy())
+    assert all(torch.equal(a, b) for a, b in zip(before, batches(), strict=True))
+
+
 def test_bench_prints_both_paths_the_breakdown_and_the_cost_table(tmp_path, synthetic, capsys):
     from lossbench import bench
 

@@ -108,3 +108,22 @@ def test_where_no_socket_folder_can_be_made_the_module_runs_in_the_callers_proce
     for start in (False, True):  # a train stage's call would start a server: there is nowhere to put one
         pid, code, out, err = call(tree, "4", env={warm.DIR: str(blocked / "sockets")}, start=start)
         assert code == 4 and out.split()[1] == str(pid) and err == "to stderr\n", (out, err)
+
+
+def test_a_server_whose_imports_initialised_cuda_serves_nobody(tree, monkeypatch):
+    """A child forked from a process that initialised CUDA cannot use CUDA: such a server leaves at once, and the
+    stage runs in its caller's process. Here (no GPU) CUDA's state is faked; the real one is gpu/run.sh's."""
+    import torch
+
+    real = torch.cuda.is_initialized
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # serve() sets it: kept out of the other tests
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    path = warm.address()
+    t0 = time.monotonic()
+    warm.serve(path)  # in this process: binds, imports (already here), sees CUDA initialised, leaves
+    assert time.monotonic() - t0 < 5 and not path.exists()
+    assert warm.cuda_initialised()
+    monkeypatch.setattr(torch.cuda, "is_initialized", real)
+    assert not warm.cuda_initialised()  # nothing here touched CUDA
+    pid, code, out, _ = call(tree, "6")
+    assert code == 6 and out.split()[1] == str(pid)
