@@ -347,6 +347,29 @@ def test_the_readmes_restore_line_returns_to_the_runs_before_an_experiment(tmp_p
             assert after[key][field] == before[key][field], (key, field)
 
 
+def test_an_experiment_and_the_restore_line_leave_no_run_untracked(tmp_path, mirror):
+    """A new user's case: a loss of theirs committed, `make repro`, a `dvc exp run`, the README's restore line, then
+    what the runs rewrote discarded (`git checkout -- .`). The runs are DVC's outputs (in its cache, their hashes in
+    the lock), never Git's: none may show as untracked, whatever Git puts back. (DVC listed each run it made in
+    results/<machine>/runs/.gitignore: a list that an experiment or a checkout put back without the user's runs.)"""
+    root, env = reduced_project(tmp_path / "project", mirror, losses=["torch_mse", "row_mse"])
+    ignores = subprocess.run(["git", "ls-files", "--", f"{MACHINE}/*.gitignore"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    for f in ignores:  # what a clone holds of this machine's results: its ignore lists (results/ was not copied)
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
+        (root / f).write_text((ROOT / f).read_text())
+    sh("git add -A && git -c user.name=t -c user.email=t@t commit -qm 'my loss'", root)
+    assert repro(root, env).returncode == 0
+    sh(f"dvc exp run {MACHINE}/dvc.yaml -S 'train.precisions=[fp32,bf16]' -S 'train.losses=[torch_mse,wrong_backward]'",
+       root, env)
+    sh("git checkout HEAD -- params.yaml", root)
+    assert repro(root, env).returncode == 0
+    sh("git checkout -- .", root)  # and what the runs rewrote, discarded: the report, the lock, any ignore list
+    status = sh(f"git status --porcelain --untracked-files=all -- {MACHINE}/runs", root).splitlines()
+    assert [line for line in status if line.startswith("??")] == [], status
+    assert (root / MACHINE / "runs" / "row_mse-cpu-fp32-eager" / "steps.csv").is_file()
+
+
 # The noise envelope's separation, through the real pipeline (docs/envelope.md): the calibration losses, then the
 # held-out ones written after the rule was chosen. Each gets the verdict it should; the fixed 1e-5 gets one wrong.
 SEPARATION = {  # loss: (reference, verdict)
