@@ -42,6 +42,9 @@ def sh(*cmd, what=None):
     return out.stdout.strip()
 
 
+FAILED_STAGE = re.compile(r"ERROR: failed to reproduce '(?P<stage>[^']+)': failed to run: .*, exited with (?P<exit>\d+)")
+
+
 def dvc_repro(*args):
     """`dvc repro`, its output shown as it runs; its exit status, or the failed stage's own where DVC names it
     (DVC exits 255 for any failed stage: the report's 1 and the check's 2 and 3 are what the README promises).
@@ -54,8 +57,11 @@ def dvc_repro(*args):
 
     def errors():  # the stages' and DVC's messages, as they come, on stderr still
         for line in proc.stderr:
+            stage = FAILED_STAGE.match(line.rstrip())
+            if stage:  # DVC's line repeats the stage's whole command; the stage's own line above says what failed
+                failed.append(int(stage["exit"]))
+                line = f"ERROR: failed to reproduce '{stage['stage']}' (exit {stage['exit']}): its message is above\n"
             print(line, end="", file=sys.stderr, flush=True)
-            failed.extend(int(n) for n in re.findall(r"failed to run: .*, exited with (\d+)$", line.rstrip()))
     reader = threading.Thread(target=errors)
     reader.start()
     for line in proc.stdout:

@@ -24,11 +24,18 @@ OUTPUTS = ("run.json", "steps.csv", "grads.npz", "weights.npz", "envelope.csv", 
 
 
 def train_stage(check_path, params_path, root, out):
-    check = read_json(check_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in OUTPUTS:
         (out / stale).unlink(missing_ok=True)
+    try:
+        _train(read_json(check_path), params_path, root, out)
+    finally:
+        if not any(out.iterdir()):  # it failed before writing anything: no empty run directory is left behind
+            out.rmdir()
+
+
+def _train(check, params_path, root, out):
     record = {
         "config": check["config"], "loss": check["loss"], "device": check["device"],
         "precision": check["precision"], "mode": check["mode"],

@@ -49,6 +49,9 @@ def test_make_repro_on_a_reduced_params_set_judges_and_then_reruns_only_the_chec
     edit_params(root / "params.yaml", lambda p: p["losses"]["twice"].update(fn="losses.nosuch_zz:f"))
     broken = repro(root, env)
     assert broken.returncode == 2 and "cannot import module 'losses.nosuch_zz'" in broken.stderr, broken.stderr
+    # DVC's own line names the stage, not its whole command again: the stage's one line above is the message
+    assert "ERROR: failed to reproduce 'results/local/dvc.yaml:check' (exit 2): its message is above" in broken.stderr
+    assert "failed to run:" not in broken.stderr
 
 
 def test_make_repros_command_passes_dvcs_options_on(monkeypatch):
