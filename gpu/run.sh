@@ -7,8 +7,8 @@
 #   bench  make bench's measurements on cuda (on cpu where no GPU is visible)
 #   bf16   the defaults under bf16 autocast, on cuda only where a GPU is visible (the CPU's bf16 runs in CI), 1 repeat
 #   compile  torch_mse, numpy_mse and numpy_mse_op under torch.compile, likewise (on cuda it needs triton)
-# On a lease, two calls on the warm machine: `bash gpu/run.sh repro bench`, then `bash gpu/run.sh bf16 compile`:
-# on an H100 (2026-11-27) repro took 273 s and bench 65 s, bf16 136 s: one 10-minute call cannot hold them all.
+# On a lease, two calls on the warm machine: `bash gpu/run.sh repro bench`, then `bash gpu/run.sh bf16 compile`
+# (one 10-minute call cannot hold them all: the sizes measured, and the limits, are in docs/gpu-run.md).
 # Settings (environment): PYTHON (default python3), REPRO_TIMEOUT (360 s), BENCH_TIMEOUT (120 s), BF16_TIMEOUT (240 s),
 # COMPILE_TIMEOUT (300 s), BENCH_DEVICE.
 # Exit status: 0 when every phase asked for ran and the fp32 report passed; else the first failing phase's status
