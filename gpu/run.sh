@@ -101,6 +101,8 @@ run_repro() {
 
 # the GPU host is a machine of its own: its results land in results/$LOSSBENCH_MACHINE/
 export LOSSBENCH_MACHINE=${LOSSBENCH_MACHINE:-gpu}
+# the warm process, off by default where a GPU is visible (untried there): this run tries it, run_repro falls back
+export LOSSBENCH_WARM=${LOSSBENCH_WARM:-1}
 REPRO_RC=0
 if asked repro; then
     phase "make repro: the fp32 defaults on every device of params.yaml, the report, the overview (machine $LOSSBENCH_MACHINE)"

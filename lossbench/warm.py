@@ -19,8 +19,9 @@ that need torch run as ``python -m lossbench.warm <module> <args>``:
   now. ``LOSSBENCH_WARM=0`` turns all of it off.
 - CUDA: a child initialises CUDA itself, which works only in a process forked from one that never did. So the
   server's imports ask for devices through NVML (``PYTORCH_NVML_BASED_CUDA_CHECK``), and a server whose imports
-  initialised CUDA anyway serves nobody (each stage then runs on its own). Not yet run on a GPU: gpu/run.sh
-  repeats a failed ``repro`` with ``LOSSBENCH_WARM=0``.
+  initialised CUDA anyway serves nobody (each stage then runs on its own). Not yet run on a GPU: where one is
+  visible the warm process is off unless ``LOSSBENCH_WARM=1`` asks for it, as gpu/run.sh does (and repeats a
+  failed stage with it off).
 """
 
 import hashlib
@@ -43,8 +44,16 @@ SHAPES_IMPORT = ("OMP_", "MKL_", "OPENBLAS_", "CUDA_", "NVIDIA_", "TORCH", "PYTO
                  "CUBLAS_", "KMP_")
 
 
+def nvidia_visible():
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
 def enabled(env=os.environ):
-    return env.get(SWITCH, "1") != "0"
+    """``LOSSBENCH_WARM`` 1 or 0 decides; unset, on, except where an NVIDIA GPU is visible: a stage forked for CUDA
+    work has not run on a GPU yet, so there only gpu/run.sh asks for it (and falls back to it off)."""
+    if SWITCH in env:
+        return env[SWITCH] != "0"
+    return not nvidia_visible()
 
 
 def cuda_initialised():

@@ -127,3 +127,11 @@ def test_a_server_whose_imports_initialised_cuda_serves_nobody(tree, monkeypatch
     assert not warm.cuda_initialised()  # nothing here touched CUDA
     pid, code, out, _ = call(tree, "6")
     assert code == 6 and out.split()[1] == str(pid)
+
+
+def test_the_switch_decides_and_unset_it_is_off_only_where_a_gpu_is_visible(monkeypatch):
+    """Forking a warm process for CUDA work has not run on a GPU: there it is off unless asked for (gpu/run.sh)."""
+    for gpu in (False, True):
+        monkeypatch.setattr(warm, "nvidia_visible", lambda: gpu)
+        assert warm.enabled({warm.SWITCH: "1"}) and not warm.enabled({warm.SWITCH: "0"})
+        assert warm.enabled({}) is (not gpu)
