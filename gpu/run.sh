@@ -151,7 +151,7 @@ asked compile && setting compile "${COMPILE_TIMEOUT:-300}" \
     "{'modes': ['compiled'], 'losses': ['torch_mse', 'numpy_mse', 'numpy_mse_op']}"
 
 phase "pack"
-python -m lossbench.warm --stop 2>/dev/null  # the warm process (off where a GPU is visible) ends with the run
+python -m lossbench.warm --stop 2>/dev/null  # the warm process this run asked for ends with it
 # one archive; in parts of 15 MiB where it is larger (the device tool returns 8 files of at most 16 MiB):
 # cat gpu-run.tar.gz.* | tar xz
 tar czf "$OUT/gpu-run.tar.gz" gpu-log reports "results/$LOSSBENCH_MACHINE" 2>/dev/null
